@@ -1,0 +1,202 @@
+"""Token-level activations in HDF5 (the contract in docs/ARCHITECTURE.md and DESIGN.md).
+
+One file per site: ``/acts [n_tokens, d]`` (row-chunked, gzip) and ``/tokens/<column>`` arrays
+of length ``n_tokens``. Row ``t`` of a piece is the model's state after reading its input token
+``t``; ``next_token`` is what the model predicts there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import PRODUCER
+from .io import atomic_path
+
+log = logging.getLogger(__name__)
+
+ROW_CHUNK = 1024
+SPLITS = ("train", "heldout")
+
+
+class SiteWriter:
+    """Appends rows of one site to an HDF5 file under a temporary name; :meth:`close` publishes it."""
+
+    def __init__(self, path: Path, d: int, columns: dict[str, np.dtype], categories: dict[str, list[str]],
+                 attrs: dict, dtype=np.float32):
+        self._atomic = atomic_path(path)
+        self._tmp = self._atomic.__enter__()
+        self.f = h5py.File(self._tmp, "w")
+        self.f.create_dataset("acts", shape=(0, d), maxshape=(None, d), dtype=dtype,
+                              chunks=(ROW_CHUNK, d), compression="gzip", compression_opts=1, shuffle=True)
+        group = self.f.create_group("tokens")
+        for name, col_dtype in columns.items():
+            ds = group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=col_dtype,
+                                      chunks=(ROW_CHUNK * 16,), compression="gzip", compression_opts=1)
+            if name in categories:
+                ds.attrs["categories"] = json.dumps(categories[name])
+        for key, value in attrs.items():
+            self.f.attrs[key] = value
+        self.n = 0
+
+    def append(self, acts: np.ndarray, columns: dict[str, np.ndarray]) -> None:
+        rows = acts.shape[0]
+        ds = self.f["acts"]
+        ds.resize(self.n + rows, axis=0)
+        ds[self.n :] = acts
+        for name, values in columns.items():
+            col = self.f["tokens"][name]
+            col.resize(self.n + rows, axis=0)
+            col[self.n :] = values
+        self.n += rows
+
+    def close(self, ok: bool = True) -> None:
+        self.f.close()
+        if ok:
+            self._atomic.__exit__(None, None, None)
+        else:
+            self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+class ActivationFile:
+    """Reader for one activation file; validates the contract on open."""
+
+    REQUIRED_COLUMNS = ("piece", "position", "token")
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: activation file not found")
+        try:
+            self.f = h5py.File(self.path, "r")
+        except OSError as err:
+            raise ValueError(f"{self.path}: not a readable HDF5 file ({err})") from None
+        if "acts" not in self.f or self.f["acts"].ndim != 2:
+            raise ValueError(f"{self.path}: missing 2-D dataset /acts")
+        self.n_tokens, self.d = self.f["acts"].shape
+        for col in self.REQUIRED_COLUMNS:
+            if f"tokens/{col}" not in self.f:
+                raise ValueError(f"{self.path}: missing column /tokens/{col}")
+        for name, col in self.f["tokens"].items():
+            if col.shape != (self.n_tokens,):
+                raise ValueError(f"{self.path}: /tokens/{name} has shape {col.shape}, expected ({self.n_tokens},)")
+        self.attrs = dict(self.f.attrs)
+        self.vocab: list[str] = json.loads(self.attrs.get("vocab", "[]"))
+
+    @property
+    def acts(self) -> h5py.Dataset:
+        return self.f["acts"]
+
+    def column(self, name: str) -> np.ndarray:
+        return self.f["tokens"][name][:]
+
+    def categories(self, name: str) -> list[str] | None:
+        raw = self.f["tokens"][name].attrs.get("categories")
+        return json.loads(raw) if raw is not None else None
+
+    def columns(self) -> list[str]:
+        return list(self.f["tokens"].keys())
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def record_activations(
+    model_dir: str | Path,
+    corpus_dir: str | Path,
+    out_dir: str | Path,
+    subject: str,
+    sites: list[str] | None = None,
+    max_tunes: dict[str, int] | None = None,
+    seed: int = 0,
+) -> dict:
+    """Run a model over corpus tunes and write ``{out_dir}/{site}.h5`` for every site.
+
+    ``max_tunes`` caps the tunes taken from each split (a seeded random subset); a tune with a
+    token the model does not know is skipped and counted.
+    """
+    from .corpus import load_corpus
+    from .corpus.tokens import TOKEN_TYPES, annotate_tune
+    from .models import load
+
+    t0 = time.time()
+    model, meta = load(model_dir)
+    corpus = load_corpus(corpus_dir)
+    vocab = meta["vocab"]
+    stoi = {t: i for i, t in enumerate(vocab)}
+    all_sites = model.sites()
+    sites = list(all_sites if not sites else sites)
+    unknown = sorted(set(sites) - set(all_sites))
+    if unknown:
+        raise ValueError(f"unknown sites {unknown} for {model.family}; available: {all_sites}")
+
+    rng = np.random.default_rng(seed)
+    chosen: list[tuple[int, int]] = []  # (piece, split code)
+    split_json = {}
+    for code, split in enumerate(SPLITS):
+        idx = corpus.indices(split)
+        cap = (max_tunes or {}).get(split)
+        if cap is not None and len(idx) > cap:
+            idx = np.sort(rng.choice(idx, cap, replace=False))
+        chosen += [(int(i), code) for i in idx]
+        split_json[split] = [int(i) for i in idx]
+
+    columns = {"piece": np.int32, "position": np.int32, "token": np.int32, "next_token": np.int32,
+               "split": np.uint8, "token_type": np.int8, "bar": np.int32, "position_in_bar": np.int32,
+               "metric_position": np.float32, "pitch": np.int16, "duration": np.float32}
+    categories = {"token_type": list(TOKEN_TYPES), "split": list(SPLITS)}
+    out_dir = Path(out_dir)
+    dims = {}
+    writers: dict[str, SiteWriter] = {}
+    skipped, n_rows = 0, 0
+    try:
+        for piece, split_code in tqdm(chosen, desc=f"{subject} activations", mininterval=10):
+            names = ["<s>"] + corpus.tune_tokens(piece)
+            if any(tok not in stoi for tok in names):
+                skipped += 1
+                continue
+            ids = [stoi[t] for t in names]
+            states = model.run_with_states(torch.tensor(ids))
+            n = len(ids)
+            annotation = annotate_tune(names)
+            cols = {
+                "piece": np.full(n, piece), "position": np.arange(n), "token": np.array(ids),
+                "next_token": np.array(ids[1:] + [stoi["</s>"]]), "split": np.full(n, split_code),
+                **annotation,
+            }
+            for site in sites:
+                acts = states[site].numpy()
+                if site not in writers:
+                    dims[site] = acts.shape[1]
+                    attrs = {"subject": subject, "site": site, "d": acts.shape[1], "family": model.family,
+                             "vocab": json.dumps(vocab), "split": json.dumps(split_json), "producer": PRODUCER,
+                             "model_dir": str(model_dir), "corpus_dir": str(corpus_dir)}
+                    writers[site] = SiteWriter(out_dir / f"{site}.h5", acts.shape[1], columns, categories, attrs)
+                writers[site].append(acts, {k: np.asarray(v, dtype=columns[k]) for k, v in cols.items()})
+            n_rows += n
+    except BaseException:
+        for w in writers.values():
+            w.close(ok=False)
+        raise
+    if not writers:
+        raise ValueError(f"{corpus_dir}: no tune could be run through {model_dir} (all {skipped} skipped)")
+    for site, w in writers.items():
+        w.f.attrs["n_skipped_tunes"] = skipped
+        w.close()
+    seconds = time.time() - t0
+    log.info("%s: %d tunes, %d tokens, %d skipped, %d sites in %.1f s",
+             subject, len(chosen) - skipped, n_rows, skipped, len(sites), seconds)
+    return {"tunes": len(chosen) - skipped, "tokens": n_rows, "skipped": skipped, "sites": dims, "seconds": seconds}

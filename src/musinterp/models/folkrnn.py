@@ -1,0 +1,187 @@
+"""folk-rnn v2: one-hot tokens -> stacked LSTM (dropout after each layer) -> softmax.
+
+The step follows the folk-rnn (Lasagne) definition exactly, gate by gate:
+
+    i = σ(x W_xi + h W_hi + b_i)        f = σ(x W_xf + h W_hf + b_f)
+    c = f·c + i·tanh(x W_xc + h W_hc + b_c)
+    o = σ(x W_xo + h W_ho + b_o)        h = o·tanh(c)
+
+with learned initial hidden and cell states per layer. The first layer's ``x`` is the one-hot
+token, so ``x W`` is a row lookup: the input matrix of layer 0 is an embedding of size
+``[vocab, hidden]``. For speed the layers run as ``torch.nn.LSTM`` modules, whose gate order
+(i, f, g, o) and ``h @ W.T`` layout are mapped from the Lasagne arrays in :meth:`from_lasagne`.
+:meth:`run_with_states` runs the same step by hand to expose every layer's cell state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class FolkRNNConfig:
+    vocab_size: int
+    hidden_size: int = 512
+    n_layers: int = 3
+    dropout: float = 0.5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FolkRNN(nn.Module):
+    family = "folkrnn"
+
+    def __init__(self, config: FolkRNNConfig):
+        super().__init__()
+        self.config = config
+        H, V = config.hidden_size, config.vocab_size
+        self.lstms = nn.ModuleList(
+            nn.LSTM(V if layer == 0 else H, H, batch_first=True) for layer in range(config.n_layers)
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.h0 = nn.Parameter(torch.zeros(config.n_layers, H))
+        self.c0 = nn.Parameter(torch.zeros(config.n_layers, H))
+        self.head = nn.Linear(H, V)
+
+    def sites(self) -> list[str]:
+        """Names of the activation sites :meth:`run_with_states` records."""
+        names = []
+        for layer in range(self.config.n_layers):
+            names += [f"lstm{layer}_h", f"lstm{layer}_c"]
+        return names + ["softmax"]
+
+    def _one_hot(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(tokens, self.config.vocab_size).float()
+
+    def forward(self, tokens: torch.Tensor, layer_hook=None) -> torch.Tensor:
+        """Logits ``[batch, time, vocab]`` for integer ``tokens [batch, time]``.
+
+        ``layer_hook(layer, h)`` may return a replacement for a layer's output sequence; it is how
+        interventions (SAE splicing, unit ablation) enter the model without changing it.
+        """
+        x = self._one_hot(tokens)
+        batch = tokens.shape[0]
+        for layer, lstm in enumerate(self.lstms):
+            state = (
+                self.h0[layer].expand(1, batch, -1).contiguous(),
+                self.c0[layer].expand(1, batch, -1).contiguous(),
+            )
+            x, _ = lstm(x, state)
+            if layer_hook is not None:
+                replaced = layer_hook(layer, x)
+                x = x if replaced is None else replaced
+            x = self.dropout(x)
+        return self.head(x)
+
+    def loss(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean next-token cross entropy over the non-padded targets of ``tokens``."""
+        logits = self(tokens[:, :-1])
+        targets = tokens[:, 1:]
+        losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        if mask is None:
+            return losses.mean()
+        m = mask[:, 1:].float()
+        return (losses * m).sum() / m.sum().clamp(min=1)
+
+    @torch.no_grad()
+    def run_with_states(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Step through one sequence ``tokens [time]`` and return every site, each ``[time, d]``.
+
+        Sites: ``lstm{l}_h`` (layer output), ``lstm{l}_c`` (cell state) and ``softmax``
+        (next-token probabilities). Row ``t`` is the state after reading ``tokens[t]``.
+        """
+        x = self._one_hot(tokens)
+        out: dict[str, torch.Tensor] = {}
+        for layer, lstm in enumerate(self.lstms):
+            W_ih, W_hh = lstm.weight_ih_l0, lstm.weight_hh_l0
+            bias = lstm.bias_ih_l0 + lstm.bias_hh_l0
+            pre_x = x @ W_ih.T + bias  # input part of every step at once
+            h, c = self.h0[layer], self.c0[layer]
+            hs, cs = [], []
+            for t in range(tokens.shape[0]):
+                gates = pre_x[t] + h @ W_hh.T
+                i, f, g, o = gates.chunk(4)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                hs.append(h)
+                cs.append(c)
+            x = torch.stack(hs)
+            out[f"lstm{layer}_h"] = x
+            out[f"lstm{layer}_c"] = torch.stack(cs)
+        out["softmax"] = torch.softmax(self.head(x), dim=-1)
+        return out
+
+    @torch.no_grad()
+    def generate(
+        self,
+        start: list[int],
+        end_id: int,
+        max_len: int = 512,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        layer_hook=None,
+    ) -> list[int]:
+        """Sample token ids after ``start`` until ``end_id`` or ``max_len`` tokens (greedy-free).
+
+        Runs the LSTMs incrementally; ``layer_hook(layer, h)`` may replace a layer's output at
+        every step, as in :meth:`forward`.
+        """
+        self.eval()
+        states = [(self.h0[l].view(1, 1, -1), self.c0[l].view(1, 1, -1)) for l in range(len(self.lstms))]
+        seq = list(start)
+        feed = torch.tensor([start])
+        while len(seq) < max_len:
+            x = self._one_hot(feed)
+            for layer, lstm in enumerate(self.lstms):
+                x, states[layer] = lstm(x, states[layer])
+                if layer_hook is not None:
+                    replaced = layer_hook(layer, x)
+                    x = x if replaced is None else replaced
+            logits = self.head(x[0, -1]) / max(temperature, 1e-6)
+            nxt = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
+            seq.append(nxt)
+            if nxt == end_id:
+                break
+            feed = torch.tensor([[nxt]])
+        return seq
+
+    @classmethod
+    def from_lasagne(cls, param_values: list, dropout: float = 0.5) -> "FolkRNN":
+        """Build a model from folk-rnn's 45 Lasagne arrays (see DESIGN.md for the order).
+
+        ``param_values[0]`` is the one-hot "embedding" (identity), then 14 arrays per layer in
+        the order W_in/W_hid/b for ingate, forgetgate, cell, outgate, then cell_init, hid_init;
+        then the dense output W ``[hidden, vocab]`` and b.
+        """
+        import numpy as np
+
+        n_layers = (len(param_values) - 3) // 14
+        if len(param_values) != 3 + 14 * n_layers or n_layers < 1:
+            raise ValueError(f"expected 3 + 14·layers arrays, got {len(param_values)}")
+        embed = np.asarray(param_values[0])
+        vocab, hidden = embed.shape[0], np.asarray(param_values[1]).shape[1]
+        model = cls(FolkRNNConfig(vocab_size=vocab, hidden_size=hidden, n_layers=n_layers, dropout=dropout))
+        with torch.no_grad():
+            for layer in range(n_layers):
+                p = [torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in param_values[1 + 14 * layer : 15 + 14 * layer]]
+                W_in = [p[0], p[3], p[6], p[9]]  # i, f, c(g), o: [n_in, H], used as x @ W
+                W_hid = [p[1], p[4], p[7], p[10]]
+                b = [p[2], p[5], p[8], p[11]]
+                if layer == 0:
+                    # one-hot input through the embedding: x @ E @ W_in
+                    W_in = [torch.as_tensor(embed, dtype=torch.float32) @ w for w in W_in]
+                lstm = model.lstms[layer]
+                lstm.weight_ih_l0.copy_(torch.cat(W_in, dim=1).T)
+                lstm.weight_hh_l0.copy_(torch.cat(W_hid, dim=1).T)
+                lstm.bias_ih_l0.copy_(torch.cat(b))
+                lstm.bias_hh_l0.zero_()
+                model.c0[layer].copy_(p[12].reshape(-1))
+                model.h0[layer].copy_(p[13].reshape(-1))
+            model.head.weight.copy_(torch.as_tensor(np.asarray(param_values[-2]), dtype=torch.float32).T)
+            model.head.bias.copy_(torch.as_tensor(np.asarray(param_values[-1]), dtype=torch.float32))
+        return model

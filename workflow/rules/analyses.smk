@@ -1,0 +1,40 @@
+# Notebooks: papermill executes a jupytext source with all inputs as parameters; nbconvert
+# renders the executed notebook to HTML without code cells.
+
+
+rule overview_notebook:
+    input:
+        notebook="workflow/notebooks/overview.py",
+        manifest=lambda w: f"{corpus_dir(w.subject)}/manifest.tsv",
+        tokens=lambda w: f"{corpus_dir(w.subject)}/tokens.h5",
+        model_meta="results/models/{subject}/model.json",
+        samples="results/models/{subject}/samples.txt",
+        sae_metrics=lambda w: subject_sae_metrics(w.subject),
+        features=lambda w: subject_features(w.subject),
+    output:
+        "results/notebooks/{subject}_overview.ipynb",
+    log:
+        "results/logs/notebooks/{subject}_overview.log",
+    benchmark:
+        "results/benchmarks/notebooks/{subject}_overview.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../scripts/run_notebook.py"
+
+
+rule render_notebook:
+    input:
+        "results/notebooks/{name}.ipynb",
+    output:
+        report(
+            "results/reports/{name}.html",
+            caption="../report/notebook.rst",
+            category="Notebooks",
+            labels={"notebook": "{name}"},
+        ),
+    log:
+        "results/logs/reports/{name}.log",
+    script:
+        "../scripts/render_notebook.py"

@@ -1,0 +1,109 @@
+# Helpers shared by the rule files, and config validation before any job runs.
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+
+# Cross-field checks the schema cannot express; each names the offending key.
+for _name, _subject in config["subjects"].items():
+    if _subject["corpus"] not in config["corpora"]:
+        raise ValueError(
+            f"config: subjects.{_name}.corpus is {_subject['corpus']!r}, "
+            f"which is not a key of corpora ({sorted(config['corpora'])})"
+        )
+
+
+wildcard_constraints:
+    corpus="[A-Za-z0-9_.-]+",
+    subject="[A-Za-z0-9_.-]+",
+    site="[A-Za-z0-9_.-]+",
+    sae="[A-Za-z0-9_.-]+",
+
+
+def subject_config(subject):
+    return config["subjects"][subject]
+
+
+def corpus_dir(subject):
+    return f"resources/corpora/{subject_config(subject)['corpus']}"
+
+
+def family_sites(subject):
+    """All activation sites a subject's model family records."""
+    cfg = subject_config(subject)
+    if cfg["family"] == "folkrnn":
+        n_layers = cfg.get("model", {}).get("n_layers", 3)
+        sites = [f"lstm{l}_{kind}" for l in range(n_layers) for kind in ("h", "c")]
+        return sites + ["softmax"]
+    raise ValueError(f"config: subjects.{subject}.family {cfg['family']!r} has no site list")
+
+
+def recorded_sites(subject):
+    sites = subject_config(subject).get("activations", {}).get("sites") or family_sites(subject)
+    unknown = sorted(set(sites) - set(family_sites(subject)))
+    if unknown:
+        raise ValueError(
+            f"config: subjects.{subject}.activations.sites names unknown sites {unknown}; "
+            f"available: {family_sites(subject)}"
+        )
+    return sites
+
+
+def sae_runs():
+    """(subject, site, sae spec) for every SAE the config asks for."""
+    runs = []
+    for subject in config["subjects"]:
+        for spec in subject_config(subject).get("saes", []):
+            for site in spec["sites"]:
+                if site not in recorded_sites(subject):
+                    raise ValueError(
+                        f"config: subjects.{subject}.saes[{spec['name']}] wants site {site!r}, "
+                        f"which is not recorded ({recorded_sites(subject)})"
+                    )
+                runs.append((subject, site, spec))
+    return runs
+
+
+def sae_spec(subject, sae):
+    for spec in subject_config(subject).get("saes", []):
+        if spec["name"] == sae:
+            return spec
+    raise ValueError(f"config: subjects.{subject} has no SAE named {sae!r}")
+
+
+def subject_features(subject):
+    return [
+        f"results/features/{s}/{site}/{spec['name']}/features.parquet"
+        for s, site, spec in sae_runs()
+        if s == subject
+    ]
+
+
+def subject_sae_metrics(subject):
+    return [
+        f"results/sae/{s}/{site}/{spec['name']}/metrics.json"
+        for s, site, spec in sae_runs()
+        if s == subject
+    ]
+
+
+def all_targets():
+    targets = []
+    for subject in config["subjects"]:
+        targets += [
+            f"results/activations/{subject}/{site}.h5" for site in recorded_sites(subject)
+        ]
+        targets.append(f"results/reports/{subject}_overview.html")
+    for subject, site, spec in sae_runs():
+        base = f"{subject}/{site}/{spec['name']}"
+        targets += [
+            f"results/sae/{base}/metrics.json",
+            f"results/features/{base}/features.parquet",
+            f"results/features/{base}/dashboard/index.html",
+        ]
+    return targets

@@ -1,0 +1,28 @@
+# Corpora: embedded music21 collections, downloads (URL + checksum) or local folk-rnn token files
+# become resources/corpora/{corpus}/tokens.h5 + vocab.json + manifest.tsv.
+
+
+rule build_corpus:
+    output:
+        tokens="resources/corpora/{corpus}/tokens.h5",
+        vocab="resources/corpora/{corpus}/vocab.json",
+        manifest=report(
+            "resources/corpora/{corpus}/manifest.tsv",
+            caption="../report/manifest.rst",
+            category="Corpora",
+            labels={"corpus": "{corpus}"},
+        ),
+    params:
+        spec=lambda w: config["corpora"][w.corpus],
+        seed=config.get("seed", 0),
+        heldout_fraction=config.get("heldout_fraction", 0.1),
+        download_dir=config.get("download_dir", "resources/downloads"),
+    log:
+        "results/logs/corpus/{corpus}.log",
+    benchmark:
+        "results/benchmarks/corpus/{corpus}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../scripts/build_corpus.py"

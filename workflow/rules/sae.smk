@@ -1,0 +1,29 @@
+# Sparse autoencoders: SAELens-compatible directories with held-out metrics.
+
+
+rule train_sae:
+    input:
+        "results/activations/{subject}/{site}.h5",
+    output:
+        cfg="results/sae/{subject}/{site}/{sae}/cfg.json",
+        weights="results/sae/{subject}/{site}/{sae}/sae_weights.safetensors",
+        metrics=report(
+            "results/sae/{subject}/{site}/{sae}/metrics.json",
+            caption="../report/sae_metrics.rst",
+            category="Sparse autoencoders",
+            labels={"subject": "{subject}", "site": "{site}", "sae": "{sae}"},
+        ),
+        log_tsv="results/sae/{subject}/{site}/{sae}/training_log.tsv",
+    params:
+        spec=lambda w: sae_spec(w.subject, w.sae),
+        seed=config.get("seed", 0),
+    log:
+        "results/logs/sae/{subject}/{site}/{sae}.log",
+    benchmark:
+        "results/benchmarks/sae/{subject}/{site}/{sae}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../scripts/train_sae.py"
