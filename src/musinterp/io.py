@@ -94,12 +94,12 @@ def checksum(path: str | os.PathLike, kind: str) -> str:
     raise ValueError(f"unknown checksum kind {kind!r} (expected 'sha256' or 'git_blob')")
 
 
-def verify_file(path: str | os.PathLike, expected: str, kind: str = "sha256") -> None:
-    """Raise :class:`ChecksumError` naming the file and both checksums when they differ."""
+def verify_file(path: str | os.PathLike, expected: str, kind: str = "sha256", label: str | None = None) -> None:
+    """Raise :class:`ChecksumError` naming the file (or ``label``) and both checksums when they differ."""
     actual = checksum(path, kind)
     if actual.lower() != expected.lower():
         raise ChecksumError(
-            f"{path}: {kind} checksum mismatch: expected {expected.lower()}, got {actual}"
+            f"{label or path}: {kind} checksum mismatch: expected {expected.lower()}, got {actual}"
         )
 
 
@@ -115,19 +115,15 @@ def fetch(url: str, dest: str | os.PathLike, expected: str, kind: str = "sha256"
         verify_file(dest, expected, kind)
         return dest
     log.info("downloading %s -> %s", url, dest)
-    try:
-        with atomic_path(dest) as tmp:
-            try:
-                with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
-                    shutil.copyfileobj(response, out, CHUNK)
-            except (urllib.error.URLError, OSError) as err:
-                raise OSError(
-                    f"could not download {url} to {dest}: {err}. If this machine is offline, "
-                    f"put the file at {dest} by hand (its {kind} must be {expected})."
-                ) from err
-            verify_file(tmp, expected, kind)
-    except ChecksumError as err:
-        # Name the destination, not the temporary file, in the message the user sees.
-        raise ChecksumError(str(err).replace(str(err).split(":")[0], f"{url} (for {dest})", 1)) from None
+    with atomic_path(dest) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+                shutil.copyfileobj(response, out, CHUNK)
+        except (urllib.error.URLError, OSError) as err:
+            raise OSError(
+                f"could not download {url} to {dest}: {err}. If this machine is offline, "
+                f"put the file at {dest} by hand (its {kind} must be {expected})."
+            ) from err
+        verify_file(tmp, expected, kind, label=f"{url} (downloaded for {dest})")
     log.info("verified %s (%s %s)", dest, kind, expected)
     return dest

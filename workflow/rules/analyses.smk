@@ -4,7 +4,7 @@
 
 rule overview_notebook:
     input:
-        notebook="workflow/notebooks/overview.py",
+        notebook=workflow.source_path("../notebooks/overview.py"),
         manifest=lambda w: f"{corpus_dir(w.subject)}/manifest.tsv",
         tokens=lambda w: f"{corpus_dir(w.subject)}/tokens.h5",
         model_meta="results/models/{subject}/model.json",
@@ -17,6 +17,8 @@ rule overview_notebook:
         "results/logs/notebooks/{subject}_overview.log",
     benchmark:
         "results/benchmarks/notebooks/{subject}_overview.tsv"
+    conda:
+        ENV
     resources:
         mem_mb=4000,
         runtime=30,
@@ -36,5 +38,7 @@ rule render_notebook:
         ),
     log:
         "results/logs/reports/{name}.log",
+    conda:
+        ENV
     script:
         "../scripts/render_notebook.py"

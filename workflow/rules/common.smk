@@ -1,4 +1,5 @@
 # Helpers shared by the rule files, and config validation before any job runs.
+import os
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
@@ -7,6 +8,15 @@ min_version("9.0")
 
 
 validate(config, schema="../schemas/config.schema.yaml")
+
+
+# Scripts import the musinterp library from this checkout, also inside per-rule conda
+# environments (envs/musinterp.yaml), where the package itself is not installed.
+_library = str(Path(workflow.basedir) / "src")
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(filter(None, [_library, os.environ.get("PYTHONPATH")]))
+)
+ENV = "../../envs/musinterp.yaml"
 
 
 # Cross-field checks the schema cannot express; each names the offending key.
@@ -40,11 +50,15 @@ def family_sites(subject):
         n_layers = cfg.get("model", {}).get("n_layers", 3)
         sites = [f"lstm{l}_{kind}" for l in range(n_layers) for kind in ("h", "c")]
         return sites + ["softmax"]
-    raise ValueError(f"config: subjects.{subject}.family {cfg['family']!r} has no site list")
+    raise ValueError(
+        f"config: subjects.{subject}.family {cfg['family']!r} has no site list"
+    )
 
 
 def recorded_sites(subject):
-    sites = subject_config(subject).get("activations", {}).get("sites") or family_sites(subject)
+    sites = subject_config(subject).get("activations", {}).get("sites") or family_sites(
+        subject
+    )
     unknown = sorted(set(sites) - set(family_sites(subject)))
     if unknown:
         raise ValueError(
@@ -96,7 +110,8 @@ def all_targets():
     targets = []
     for subject in config["subjects"]:
         targets += [
-            f"results/activations/{subject}/{site}.h5" for site in recorded_sites(subject)
+            f"results/activations/{subject}/{site}.h5"
+            for site in recorded_sites(subject)
         ]
         targets.append(f"results/reports/{subject}_overview.html")
     for subject, site, spec in sae_runs():

@@ -12,17 +12,19 @@ rule build_corpus:
             category="Corpora",
             labels={"corpus": "{corpus}"},
         ),
+    log:
+        "results/logs/corpus/{corpus}.log",
+    benchmark:
+        "results/benchmarks/corpus/{corpus}.tsv"
+    conda:
+        ENV
+    resources:
+        mem_mb=4000,
+        runtime=60,
     params:
         spec=lambda w: config["corpora"][w.corpus],
         seed=config.get("seed", 0),
         heldout_fraction=config.get("heldout_fraction", 0.1),
         download_dir=config.get("download_dir", "resources/downloads"),
-    log:
-        "results/logs/corpus/{corpus}.log",
-    benchmark:
-        "results/benchmarks/corpus/{corpus}.tsv"
-    resources:
-        mem_mb=4000,
-        runtime=60,
     script:
         "../scripts/build_corpus.py"

@@ -14,17 +14,19 @@ rule build_features:
             category="Features",
             labels={"subject": "{subject}", "site": "{site}", "sae": "{sae}"},
         ),
-    params:
-        sae_dir=lambda w: f"results/sae/{w.subject}/{w.site}/{w.sae}",
-        top_k=config.get("features", {}).get("top_k", 20),
-        context=config.get("features", {}).get("context", 8),
     log:
         "results/logs/features/{subject}/{site}/{sae}.log",
     benchmark:
         "results/benchmarks/features/{subject}/{site}/{sae}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        sae_dir=lambda w: f"results/sae/{w.subject}/{w.site}/{w.sae}",
+        top_k=config.get("features", {}).get("top_k", 20),
+        context=config.get("features", {}).get("context", 8),
     script:
         "../scripts/build_features.py"

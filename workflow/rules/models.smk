@@ -14,6 +14,16 @@ rule train_model:
             category="Models",
             labels={"subject": "{subject}", "file": "samples"},
         ),
+    log:
+        "results/logs/models/{subject}.log",
+    benchmark:
+        "results/benchmarks/models/{subject}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
     params:
         family=lambda w: subject_config(w.subject)["family"],
         model=lambda w: subject_config(w.subject).get("model", {}),
@@ -22,13 +32,5 @@ rule train_model:
             **subject_config(w.subject).get("train", {}),
         },
         sampling=lambda w: subject_config(w.subject).get("sampling", {}),
-    log:
-        "results/logs/models/{subject}.log",
-    benchmark:
-        "results/benchmarks/models/{subject}.tsv"
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=120,
     script:
         "../scripts/train_model.py"

@@ -14,16 +14,18 @@ rule train_sae:
             labels={"subject": "{subject}", "site": "{site}", "sae": "{sae}"},
         ),
         log_tsv="results/sae/{subject}/{site}/{sae}/training_log.tsv",
-    params:
-        spec=lambda w: sae_spec(w.subject, w.sae),
-        seed=config.get("seed", 0),
     log:
         "results/logs/sae/{subject}/{site}/{sae}.log",
     benchmark:
         "results/benchmarks/sae/{subject}/{site}/{sae}.tsv"
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        spec=lambda w: sae_spec(w.subject, w.sae),
+        seed=config.get("seed", 0),
     script:
         "../scripts/train_sae.py"
