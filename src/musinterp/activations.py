@@ -128,7 +128,7 @@ def record_activations(
     ``max_tunes`` caps the tunes taken from each split (a seeded random subset); a tune with a
     token the model does not know is skipped and counted.
     """
-    from .corpus import load_corpus
+    from .corpus.store import load_corpus
     from .corpus.tokens import TOKEN_TYPES, annotate_tune
     from .models import load
 

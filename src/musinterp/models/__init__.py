@@ -65,7 +65,7 @@ def train_model(
     temperature: float = 1.0,
 ) -> dict:
     """Train a reference model of ``family`` on a corpus; write model.pt, model.json, samples.txt."""
-    from ..corpus import load_corpus
+    from ..corpus.store import load_corpus
 
     corpus = load_corpus(corpus_dir)
     stoi = {t: i for i, t in enumerate(corpus.vocab)}

@@ -10,7 +10,7 @@ with learned initial hidden and cell states per layer. The first layer's ``x`` i
 token, so ``x W`` is a row lookup: the input matrix of layer 0 is an embedding of size
 ``[vocab, hidden]``. For speed the layers run as ``torch.nn.LSTM`` modules, whose gate order
 (i, f, g, o) and ``h @ W.T`` layout are mapped from the Lasagne arrays in :meth:`from_lasagne`.
-:meth:`run_with_states` runs the same step by hand to expose every layer's cell state.
+:meth:`run_with_states` also recovers every layer's cell state, which ``nn.LSTM`` keeps to itself.
 """
 
 from __future__ import annotations
@@ -98,20 +98,22 @@ class FolkRNN(nn.Module):
         x = self._one_hot(tokens)
         out: dict[str, torch.Tensor] = {}
         for layer, lstm in enumerate(self.lstms):
-            W_ih, W_hh = lstm.weight_ih_l0, lstm.weight_hh_l0
-            bias = lstm.bias_ih_l0 + lstm.bias_hh_l0
-            pre_x = x @ W_ih.T + bias  # input part of every step at once
-            h, c = self.h0[layer], self.c0[layer]
-            hs, cs = [], []
+            h0, c0 = self.h0[layer], self.c0[layer]
+            h_seq, _ = lstm(x[None], (h0.view(1, 1, -1), c0.view(1, 1, -1)))
+            h_seq = h_seq[0]
+            # nn.LSTM returns no per-step cell states. The gates at step t depend only on
+            # x_t and h_{t-1}, both known now, so they are computed for all steps at once;
+            # the cell state is then the elementwise recurrence c_t = f_t·c_{t-1} + i_t·g_t.
+            h_prev = torch.cat([h0[None], h_seq[:-1]])
+            gates = x @ lstm.weight_ih_l0.T + h_prev @ lstm.weight_hh_l0.T + lstm.bias_ih_l0 + lstm.bias_hh_l0
+            i, f, g, _o = gates.chunk(4, dim=1)
+            forget, write = torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g)
+            c, cs = c0, []
             for t in range(tokens.shape[0]):
-                gates = pre_x[t] + h @ W_hh.T
-                i, f, g, o = gates.chunk(4)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-                hs.append(h)
+                c = forget[t] * c + write[t]
                 cs.append(c)
-            x = torch.stack(hs)
-            out[f"lstm{layer}_h"] = x
+            x = h_seq
+            out[f"lstm{layer}_h"] = h_seq
             out[f"lstm{layer}_c"] = torch.stack(cs)
         out["softmax"] = torch.softmax(self.head(x), dim=-1)
         return out

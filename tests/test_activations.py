@@ -1,0 +1,106 @@
+"""The activation HDF5 contract: shapes, columns, alignment with the model, atomic writing."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from musinterp.activations import ActivationFile, record_activations
+from musinterp.corpus.store import write_corpus
+from musinterp.corpus.tokens import TOKEN_TYPES
+from musinterp.models import build, load, save
+
+TUNES = [
+    "M:4/4 K:Cmaj |: G, C 2 E C G, C E C | D 2 F D A, D F D :|",
+    "M:3/4 K:Cmin c 2 B G | F E D 2 | C 6 |",
+    "M:6/8 K:Cdor G > A B c 2 d | (3 e f g c 3 |",
+    "M:4/4 K:Cmix B, C D E F G A B | c 8 |",
+]
+
+
+@pytest.fixture()
+def subject(tmp_path):
+    tunes = [t.split() for t in TUNES]
+    ids = [f"test/{i}" for i in range(len(tunes))]
+    rows = [{"id": i, "source": "inline", "status": "ok", "reason": ""} for i in ids]
+    corpus = write_corpus(tmp_path / "corpus", "test", tunes, ids, rows, seed=0, heldout_fraction=0.5)
+    torch.manual_seed(0)
+    model = build("folkrnn", vocab_size=len(corpus.vocab), hidden_size=12, n_layers=2, dropout=0.0)
+    save(model, tmp_path / "model", {"vocab": corpus.vocab})
+    return tmp_path, corpus
+
+
+def test_every_site_follows_contract(subject):
+    tmp_path, corpus = subject
+    stats = record_activations(tmp_path / "model", tmp_path / "corpus", tmp_path / "acts", subject="s")
+    model, _ = load(tmp_path / "model")
+    assert set(stats["sites"]) == set(model.sites())
+    n_expected = sum(len(t) + 1 for t in corpus.tunes)  # <s> + body per tune
+    for site in model.sites():
+        with ActivationFile(tmp_path / "acts" / f"{site}.h5") as f:
+            assert f.n_tokens == n_expected == stats["tokens"]
+            assert f.d == (len(corpus.vocab) if site == "softmax" else 12)
+            assert f.attrs["site"] == site and int(f.attrs["d"]) == f.d
+            assert f.vocab == corpus.vocab
+            assert f.categories("token_type") == list(TOKEN_TYPES)
+            split = json.loads(f.attrs["split"])
+            assert sorted(split["train"] + split["heldout"]) == list(range(len(TUNES)))
+
+
+def test_rows_align_with_model_and_tokens(subject):
+    tmp_path, corpus = subject
+    record_activations(tmp_path / "model", tmp_path / "corpus", tmp_path / "acts", subject="s",
+                       sites=["lstm1_h", "softmax"])
+    model, _ = load(tmp_path / "model")
+    with ActivationFile(tmp_path / "acts" / "lstm1_h.h5") as f:
+        piece, position = f.column("piece"), f.column("position")
+        token, next_token = f.column("token"), f.column("next_token")
+        rows = np.flatnonzero(piece == 2)
+        ids = [corpus.stoi["<s>"]] + corpus.tunes[2].tolist()
+        assert token[rows].tolist() == ids
+        assert next_token[rows].tolist() == ids[1:] + [corpus.stoi["</s>"]]
+        assert position[rows].tolist() == list(range(len(ids)))
+        with torch.no_grad():
+            logits = model(torch.tensor([ids]))[0]
+            expected_h = model.run_with_states(torch.tensor(ids))["lstm1_h"].numpy()
+        np.testing.assert_allclose(f.acts[rows], expected_h, atol=1e-6)
+        # Musical columns: the tune is "M:6/8 K:Cdor G > A B c 2 d | (3 e f g c 3 |"
+        types = np.array(f.categories("token_type"))[f.column("token_type")[rows]]
+        assert types[:4].tolist() == ["special", "meta", "meta", "pitch"]
+        pitch = f.column("pitch")[rows]
+        assert pitch[3] == 67 and pitch[types != "pitch"].max() == -1  # G above middle C
+        assert f.column("bar")[rows][-1] > f.column("bar")[rows][3]
+    with ActivationFile(tmp_path / "acts" / "softmax.h5") as f:
+        np.testing.assert_allclose(f.acts[rows], torch.softmax(logits, -1).numpy(), atol=1e-6)
+
+
+def test_caps_tunes_per_split(subject):
+    tmp_path, corpus = subject
+    record_activations(tmp_path / "model", tmp_path / "corpus", tmp_path / "acts", subject="s",
+                       sites=["lstm0_h"], max_tunes={"train": 1, "heldout": 1})
+    with ActivationFile(tmp_path / "acts" / "lstm0_h.h5") as f:
+        assert len(set(f.column("piece").tolist())) == 2
+        assert set(f.column("split").tolist()) == {0, 1}
+
+
+def test_unknown_site_is_refused(subject):
+    tmp_path, _ = subject
+    with pytest.raises(ValueError, match="unknown sites \\['lstm9_h'\\]"):
+        record_activations(tmp_path / "model", tmp_path / "corpus", tmp_path / "acts", subject="s", sites=["lstm9_h"])
+    assert not (tmp_path / "acts" / "lstm9_h.h5").exists()
+
+
+def test_reader_names_file_and_problem(tmp_path):
+    bad = tmp_path / "bad.h5"
+    with h5py.File(bad, "w") as f:
+        f["acts"] = np.zeros((3, 2), np.float32)
+        f["tokens/piece"] = np.zeros(3, np.int32)
+        f["tokens/position"] = np.zeros(3, np.int32)
+        f["tokens/token"] = np.zeros(4, np.int32)
+    with pytest.raises(ValueError, match="bad.h5: /tokens/token has shape"):
+        ActivationFile(bad)
+    (tmp_path / "junk.h5").write_text("not hdf5")
+    with pytest.raises(ValueError, match="junk.h5: not a readable HDF5"):
+        ActivationFile(tmp_path / "junk.h5")

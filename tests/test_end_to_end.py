@@ -1,0 +1,123 @@
+"""The tiny config through the real `snakemake` command in a temporary directory, then every output checked."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from musinterp.activations import ActivationFile
+from musinterp.models import load
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "tests" / "data" / "config_tiny.yaml"
+SUBJECT, CORPUS, SAE_SITE, SAE = "folkrnn_tiny", "tiny_folk", "lstm1_h", "relu_l1_x2"
+
+pytestmark = pytest.mark.e2e
+
+
+def snakemake(workdir, *args):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(CONFIG), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    t0 = time.time()
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stderr[-5000:]
+    report = snakemake(workdir, "--report", str(workdir / "results" / "report.html"))
+    assert report.returncode == 0, report.stderr[-5000:]
+    print(f"tiny workflow + report: {time.time() - t0:.0f} s")
+    return workdir
+
+
+def test_corpus_outputs(run):
+    corpus = run / "resources" / "corpora" / CORPUS
+    with h5py.File(corpus / "tokens.h5", "r") as f:
+        offsets, tokens, split = f["offsets"][:], f["tokens"][:], f["split"][:]
+    vocab = json.loads((corpus / "vocab.json").read_text())["tokens"]
+    assert offsets[0] == 0 and offsets[-1] == len(tokens) and np.all(np.diff(offsets) > 0)
+    assert tokens.max() < len(vocab) and {0, 1} <= set(split.tolist())
+    manifest = pd.read_csv(corpus / "manifest.tsv", sep="\t", keep_default_na=False)
+    assert (manifest.status == "ok").sum() == len(offsets) - 1
+    assert (manifest.loc[manifest.status == "skipped", "reason"] != "").all()
+
+
+def test_model_outputs(run):
+    model, meta = load(run / "results" / "models" / SUBJECT)
+    assert meta["family"] == "folkrnn" and len(meta["history"]["valid_loss"]) >= 1
+    assert model.config.hidden_size == 24 and model.config.n_layers == 2
+    samples = (run / "results" / "models" / SUBJECT / "samples.txt").read_text().strip().split("\n\n")
+    assert len(samples) == 2 and all(s.split()[0] in meta["vocab"] for s in samples if s)
+
+
+def test_activation_files_follow_contract(run):
+    for site, d in [("lstm0_h", 24), ("lstm0_c", 24), ("lstm1_h", 24), ("lstm1_c", 24), ("softmax", None)]:
+        with ActivationFile(run / "results" / "activations" / SUBJECT / f"{site}.h5") as acts:
+            vocab = acts.vocab
+            assert acts.d == (d or len(vocab)) and acts.attrs["site"] == site and acts.attrs["subject"] == SUBJECT
+            assert acts.acts.dtype == np.float32 and acts.acts.chunks[1] == acts.d
+            for col in ("piece", "position", "token", "next_token", "token_type", "bar", "pitch", "split"):
+                assert col in acts.columns()
+            split = json.loads(acts.attrs["split"])
+            assert split["train"] and split["heldout"]
+            x = acts.acts[:200]
+            assert np.isfinite(x).all()
+            if site == "softmax":
+                np.testing.assert_allclose(x.sum(1), 1.0, atol=1e-4)
+            if site.endswith("_h"):
+                assert np.abs(x).max() <= 1.0  # h = o·tanh(c)
+
+
+def test_sae_files_follow_saelens_contract(run):
+    sae_dir = run / "results" / "sae" / SUBJECT / SAE_SITE / SAE
+    cfg = json.loads((sae_dir / "cfg.json").read_text())
+    tensors = load_file(str(sae_dir / "sae_weights.safetensors"))
+    assert set(tensors) == {"W_enc", "b_enc", "W_dec", "b_dec"}
+    assert cfg["architecture"] == "standard" and cfg["normalize_activations"] == "none"
+    assert (cfg["d_in"], cfg["d_sae"]) == (24, 48)
+    assert tensors["W_enc"].shape == (24, 48) and tensors["W_dec"].shape == (48, 24)
+    assert tensors["b_enc"].shape == (48,) and tensors["b_dec"].shape == (24,)
+    assert all(t.dtype == torch.float32 for t in tensors.values())
+    metrics = json.loads((sae_dir / "metrics.json").read_text())
+    for key in ("fvu", "l0", "dead_fraction", "dense_fraction"):
+        assert np.isfinite(metrics[key])
+    assert 0 <= metrics["dead_fraction"] <= 1 and metrics["fvu"] < 1.0
+
+
+def test_features_table(run):
+    table = pd.read_parquet(run / "results" / "features" / SUBJECT / SAE_SITE / SAE / "features.parquet")
+    assert (table.kind == "latent").sum() == 48 and (table.kind == "neuron").sum() == 24
+    assert table.density.between(0, 1).all()
+    alive = table[(table.kind == "latent") & (table.density > 0)]
+    assert len(alive) > 0
+    example = list(alive.iloc[0]["top_examples"])[0]
+    assert {"piece", "position", "activation", "context"} <= set(example)
+    assert (run / "results" / "features" / SUBJECT / SAE_SITE / SAE / "dashboard" / "index.html").exists()
+
+
+def test_html_outputs_contain_figures(run):
+    html = (run / "results" / "reports" / f"{SUBJECT}_overview.html").read_text()
+    assert html.count("data:image/png;base64") >= 3
+    assert "Training curves" in html or "training curves" in html.lower()
+    assert "def " not in html  # rendered without code cells
+    assert (run / "results" / "notebooks" / f"{SUBJECT}_overview.ipynb").exists()
+    report = (run / "results" / "report.html").read_text(errors="replace")
+    assert len(report) > 10_000
+
+
+def test_benchmarks_and_logs_written(run):
+    benchmarks = list((run / "results" / "benchmarks").rglob("*.tsv"))
+    logs = list((run / "results" / "logs").rglob("*.log"))
+    assert len(benchmarks) >= 5 and len(logs) >= 8
+    assert all(pd.read_csv(b, sep="\t").s.iloc[0] >= 0 for b in benchmarks)
