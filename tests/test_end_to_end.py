@@ -109,7 +109,8 @@ def test_features_table(run):
 def test_html_outputs_contain_figures(run):
     html = (run / "results" / "reports" / f"{SUBJECT}_overview.html").read_text()
     assert html.count("data:image/png;base64") >= 3
-    assert "Training curves" in html or "training curves" in html.lower()
+    for heading in ("Corpus", "Model training", "Sparse autoencoders", "Features"):
+        assert f">{heading}<" in html
     assert "def " not in html  # rendered without code cells
     assert (run / "results" / "notebooks" / f"{SUBJECT}_overview.ipynb").exists()
     report = (run / "results" / "report.html").read_text(errors="replace")

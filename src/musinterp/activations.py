@@ -65,40 +65,71 @@ class SiteWriter:
             self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
 
+def _attr_value(value):
+    """HDF5 attributes come back as bytes or numpy scalars; hand out plain Python values."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 class ActivationFile:
-    """Reader for one activation file; validates the contract on open."""
+    """Reader for one activation file; checks the contract on open and names the file in errors."""
 
     REQUIRED_COLUMNS = ("piece", "position", "token")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.exists():
+        if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: activation file not found")
         try:
             self.f = h5py.File(self.path, "r")
         except OSError as err:
             raise ValueError(f"{self.path}: not a readable HDF5 file ({err})") from None
-        if "acts" not in self.f or self.f["acts"].ndim != 2:
-            raise ValueError(f"{self.path}: missing 2-D dataset /acts")
-        self.n_tokens, self.d = self.f["acts"].shape
+        try:
+            self._check()
+        except BaseException:
+            self.f.close()
+            raise
+
+    def _check(self) -> None:
+        if "acts" not in self.f or not isinstance(self.f["acts"], h5py.Dataset):
+            raise ValueError(f"{self.path}: missing dataset /acts")
+        acts = self.f["acts"]
+        if acts.ndim != 2 or acts.dtype.kind != "f":
+            raise ValueError(f"{self.path}: /acts must be a 2-D float array, got shape {acts.shape} {acts.dtype}")
+        self.n_tokens, self.d = (int(n) for n in acts.shape)
         for col in self.REQUIRED_COLUMNS:
             if f"tokens/{col}" not in self.f:
                 raise ValueError(f"{self.path}: missing column /tokens/{col}")
         for name, col in self.f["tokens"].items():
             if col.shape != (self.n_tokens,):
                 raise ValueError(f"{self.path}: /tokens/{name} has shape {col.shape}, expected ({self.n_tokens},)")
-        self.attrs = dict(self.f.attrs)
+        self.attrs = {key: _attr_value(value) for key, value in self.f.attrs.items()}
         self.vocab: list[str] = json.loads(self.attrs.get("vocab", "[]"))
 
     @property
     def acts(self) -> h5py.Dataset:
         return self.f["acts"]
 
+    @property
+    def n_rows(self) -> int:
+        return self.n_tokens
+
+    def has_column(self, name: str) -> bool:
+        return f"tokens/{name}" in self.f
+
     def column(self, name: str) -> np.ndarray:
+        if not self.has_column(name):
+            raise ValueError(f"{self.path}: no /tokens/{name} column")
         return self.f["tokens"][name][:]
 
+    def column_attrs(self, name: str) -> dict:
+        return {key: _attr_value(value) for key, value in self.f["tokens"][name].attrs.items()}
+
     def categories(self, name: str) -> list[str] | None:
-        raw = self.f["tokens"][name].attrs.get("categories")
+        raw = self.column_attrs(name).get("categories")
         return json.loads(raw) if raw is not None else None
 
     def columns(self) -> list[str]:
