@@ -8,32 +8,11 @@ import pytest
 import torch
 
 from musinterp.activations import ActivationFile, record_activations
-from musinterp.corpus.store import write_corpus
 from musinterp.corpus.tokens import TOKEN_TYPES
-from musinterp.models import build, load, save
+from musinterp.models import load
 
-TUNES = [
-    "M:4/4 K:Cmaj |: G, C 2 E C G, C E C | D 2 F D A, D F D :|",
-    "M:3/4 K:Cmin c 2 B G | F E D 2 | C 6 |",
-    "M:6/8 K:Cdor G > A B c 2 d | (3 e f g c 3 |",
-    "M:4/4 K:Cmix B, C D E F G A B | c 8 |",
-]
-
-
-@pytest.fixture()
-def subject(tmp_path):
-    tunes = [t.split() for t in TUNES]
-    ids = [f"test/{i}" for i in range(len(tunes))]
-    rows = [{"id": i, "source": "inline", "status": "ok", "reason": ""} for i in ids]
-    corpus = write_corpus(tmp_path / "corpus", "test", tunes, ids, rows, seed=0, heldout_fraction=0.5)
-    torch.manual_seed(0)
-    model = build("folkrnn", vocab_size=len(corpus.vocab), hidden_size=12, n_layers=2, dropout=0.0)
-    save(model, tmp_path / "model", {"vocab": corpus.vocab})
-    return tmp_path, corpus
-
-
-def test_every_site_follows_contract(subject):
-    tmp_path, corpus = subject
+def test_every_site_follows_contract(tiny_subject):
+    tmp_path, corpus = tiny_subject
     stats = record_activations(tmp_path / "model", tmp_path / "corpus", tmp_path / "acts", subject="s")
     model, _ = load(tmp_path / "model")
     assert set(stats["sites"]) == set(model.sites())
@@ -46,11 +25,11 @@ def test_every_site_follows_contract(subject):
             assert f.vocab == corpus.vocab
             assert f.categories("token_type") == list(TOKEN_TYPES)
             split = json.loads(f.attrs["split"])
-            assert sorted(split["train"] + split["heldout"]) == list(range(len(TUNES)))
+            assert sorted(split["train"] + split["heldout"]) == list(range(len(corpus.tunes)))
 
 
-def test_rows_align_with_model_and_tokens(subject):
-    tmp_path, corpus = subject
+def test_rows_align_with_model_and_tokens(tiny_subject):
+    tmp_path, corpus = tiny_subject
     record_activations(tmp_path / "model", tmp_path / "corpus", tmp_path / "acts", subject="s",
                        sites=["lstm1_h", "softmax"])
     model, _ = load(tmp_path / "model")
@@ -66,7 +45,7 @@ def test_rows_align_with_model_and_tokens(subject):
             logits = model(torch.tensor([ids]))[0]
             expected_h = model.run_with_states(torch.tensor(ids))["lstm1_h"].numpy()
         np.testing.assert_allclose(f.acts[rows], expected_h, atol=1e-6)
-        # Musical columns: the tune is "M:6/8 K:Cdor G > A B c 2 d | (3 e f g c 3 |"
+        # Musical columns: the tune is TINY_TUNES[2], "M:6/8 K:Cdor G > A B c 2 d | (3 e f g c 3 |"
         types = np.array(f.categories("token_type"))[f.column("token_type")[rows]]
         assert types[:4].tolist() == ["special", "meta", "meta", "pitch"]
         pitch = f.column("pitch")[rows]
@@ -76,8 +55,8 @@ def test_rows_align_with_model_and_tokens(subject):
         np.testing.assert_allclose(f.acts[rows], torch.softmax(logits, -1).numpy(), atol=1e-6)
 
 
-def test_caps_tunes_per_split(subject):
-    tmp_path, corpus = subject
+def test_caps_tunes_per_split(tiny_subject):
+    tmp_path, corpus = tiny_subject
     record_activations(tmp_path / "model", tmp_path / "corpus", tmp_path / "acts", subject="s",
                        sites=["lstm0_h"], max_tunes={"train": 1, "heldout": 1})
     with ActivationFile(tmp_path / "acts" / "lstm0_h.h5") as f:
@@ -85,8 +64,8 @@ def test_caps_tunes_per_split(subject):
         assert set(f.column("split").tolist()) == {0, 1}
 
 
-def test_unknown_site_is_refused(subject):
-    tmp_path, _ = subject
+def test_unknown_site_is_refused(tiny_subject):
+    tmp_path, _ = tiny_subject
     with pytest.raises(ValueError, match="unknown sites \\['lstm9_h'\\]"):
         record_activations(tmp_path / "model", tmp_path / "corpus", tmp_path / "acts", subject="s", sites=["lstm9_h"])
     assert not (tmp_path / "acts" / "lstm9_h.h5").exists()

@@ -49,6 +49,10 @@ def _sae_train(args) -> None:
 
     metrics = train_sae(args.acts, args.out, arch=args.arch, width=args.width, l1_coeff=args.l1,
                         epochs=args.epochs, seed=args.seed, max_tokens=args.tokens)
+    if args.model:
+        from .splice import add_loss_recovered
+
+        metrics = add_loss_recovered(args.out, args.model, args.acts)
     print(json.dumps(metrics, indent=2))
 
 
@@ -121,6 +125,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=2)
     s.add_argument("--tokens", type=int, default=None, help="train on at most this many tokens")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--model", default=None, help="model directory: also measure loss recovered by splicing")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_sae_train)
 

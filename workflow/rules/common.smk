@@ -1,5 +1,6 @@
 # Helpers shared by the rule files, and config validation before any job runs.
 import os
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
@@ -17,7 +18,8 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [_library, os.environ.get("PYTHONPATH")]))
 )
 ENV = "../../envs/musinterp.yaml"
-
+sys.path.insert(0, _library)
+import musinterp.config as library_config  # light: no torch at parse time
 
 # Cross-field checks the schema cannot express; each names the offending key.
 for _name, _subject in config["subjects"].items():
@@ -46,13 +48,15 @@ def corpus_dir(subject):
 def family_sites(subject):
     """All activation sites a subject's model family records."""
     cfg = subject_config(subject)
-    if cfg["family"] == "folkrnn":
-        n_layers = cfg.get("model", {}).get("n_layers", 3)
-        sites = [f"lstm{l}_{kind}" for l in range(n_layers) for kind in ("h", "c")]
-        return sites + ["softmax"]
-    raise ValueError(
-        f"config: subjects.{subject}.family {cfg['family']!r} has no site list"
-    )
+    return library_config.family_sites(cfg["family"], cfg.get("model", {}))
+
+
+def sae_specs(subject):
+    """The subject's SAE specs with sweeps (list-valued width, k, l1_coeff, ...) expanded."""
+    try:
+        return library_config.expand_sae_specs(subject_config(subject).get("saes", []))
+    except ValueError as err:
+        raise ValueError(f"config: subjects.{subject}.saes: {err}") from None
 
 
 def recorded_sites(subject):
@@ -72,7 +76,7 @@ def sae_runs():
     """(subject, site, sae spec) for every SAE the config asks for."""
     runs = []
     for subject in config["subjects"]:
-        for spec in subject_config(subject).get("saes", []):
+        for spec in sae_specs(subject):
             for site in spec["sites"]:
                 if site not in recorded_sites(subject):
                     raise ValueError(
@@ -84,7 +88,7 @@ def sae_runs():
 
 
 def sae_spec(subject, sae):
-    for spec in subject_config(subject).get("saes", []):
+    for spec in sae_specs(subject):
         if spec["name"] == sae:
             return spec
     raise ValueError(f"config: subjects.{subject} has no SAE named {sae!r}")

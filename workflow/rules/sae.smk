@@ -3,7 +3,8 @@
 
 rule train_sae:
     input:
-        "results/activations/{subject}/{site}.h5",
+        acts="results/activations/{subject}/{site}.h5",
+        model="results/models/{subject}/model.pt",
     output:
         cfg="results/sae/{subject}/{site}/{sae}/cfg.json",
         weights="results/sae/{subject}/{site}/{sae}/sae_weights.safetensors",

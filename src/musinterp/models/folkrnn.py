@@ -58,12 +58,8 @@ class FolkRNN(nn.Module):
     def _one_hot(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.one_hot(tokens, self.config.vocab_size).float()
 
-    def forward(self, tokens: torch.Tensor, layer_hook=None) -> torch.Tensor:
-        """Logits ``[batch, time, vocab]`` for integer ``tokens [batch, time]``.
-
-        ``layer_hook(layer, h)`` may return a replacement for a layer's output sequence; it is how
-        interventions (SAE splicing, unit ablation) enter the model without changing it.
-        """
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits ``[batch, time, vocab]`` for integer ``tokens [batch, time]``."""
         x = self._one_hot(tokens)
         batch = tokens.shape[0]
         for layer, lstm in enumerate(self.lstms):
@@ -72,9 +68,6 @@ class FolkRNN(nn.Module):
                 self.c0[layer].expand(1, batch, -1).contiguous(),
             )
             x, _ = lstm(x, state)
-            if layer_hook is not None:
-                replaced = layer_hook(layer, x)
-                x = x if replaced is None else replaced
             x = self.dropout(x)
         return self.head(x)
 
@@ -87,6 +80,24 @@ class FolkRNN(nn.Module):
             return losses.mean()
         m = mask[:, 1:].float()
         return (losses * m).sum() / m.sum().clamp(min=1)
+
+    def site_module(self, site: str):
+        """``(module, get, put)`` for a replaceable site: the module whose forward output holds it,
+        how to read the site ``[batch, time, d]`` from that output, and how to put a new value back.
+
+        Replacing ``lstm{l}_h`` changes what the layers above read; the layer's own recurrence
+        keeps its true state (``nn.LSTM`` runs it internally), so the replacement does not feed back.
+        """
+        for layer, lstm in enumerate(self.lstms):
+            if site == f"lstm{layer}_h":
+                return lstm, (lambda output: output[0]), (lambda output, new: (new, output[1]))
+        raise ValueError(
+            f"site {site!r} cannot be replaced in {self.family}; replaceable: {self.replaceable_sites()}"
+        )
+
+    def replaceable_sites(self) -> list[str]:
+        """Sites :meth:`site_module` can replace (cell states live inside the recurrence)."""
+        return [f"lstm{layer}_h" for layer in range(self.config.n_layers)]
 
     @torch.no_grad()
     def run_with_states(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -126,12 +137,11 @@ class FolkRNN(nn.Module):
         max_len: int = 512,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
-        layer_hook=None,
     ) -> list[int]:
-        """Sample token ids after ``start`` until ``end_id`` or ``max_len`` tokens (greedy-free).
+        """Sample token ids after ``start`` until ``end_id`` or ``max_len`` tokens.
 
-        Runs the LSTMs incrementally; ``layer_hook(layer, h)`` may replace a layer's output at
-        every step, as in :meth:`forward`.
+        Runs the LSTMs incrementally, so site replacements (``models.hooks.replace_site``) act at
+        every step.
         """
         self.eval()
         states = [(self.h0[l].view(1, 1, -1), self.c0[l].view(1, 1, -1)) for l in range(len(self.lstms))]
@@ -141,9 +151,6 @@ class FolkRNN(nn.Module):
             x = self._one_hot(feed)
             for layer, lstm in enumerate(self.lstms):
                 x, states[layer] = lstm(x, states[layer])
-                if layer_hook is not None:
-                    replaced = layer_hook(layer, x)
-                    x = x if replaced is None else replaced
             logits = self.head(x[0, -1]) / max(temperature, 1e-6)
             nxt = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
             seq.append(nxt)

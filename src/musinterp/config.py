@@ -1,0 +1,43 @@
+"""Workflow configuration helpers that need no heavy imports (the Snakefile uses them at parse time)."""
+
+from __future__ import annotations
+
+import itertools
+
+# Fields of an SAE spec that may be lists: one SAE is trained per combination.
+SWEEP_FIELDS = ("width", "k", "l1_coeff", "l0_coeff", "seed")
+
+
+def family_sites(family: str, model_params: dict) -> list[str]:
+    """Every activation site a model family records, in order."""
+    if family == "folkrnn":
+        n_layers = model_params.get("n_layers", 3)
+        return [f"lstm{layer}_{kind}" for layer in range(n_layers) for kind in ("h", "c")] + ["softmax"]
+    raise ValueError(f"family {family!r} has no site list")
+
+
+def _format(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def expand_sae_specs(specs: list[dict]) -> list[dict]:
+    """One concrete spec per combination of list-valued sweep fields.
+
+    A spec without lists keeps its name; a swept spec gets the swept values in its name, e.g.
+    ``{"name": "topk", "width": [256, 512], "k": 8}`` gives ``topk-width256`` and
+    ``topk-width512``. Names must stay unique across the expanded list.
+    """
+    expanded = []
+    for spec in specs:
+        swept = [f for f in SWEEP_FIELDS if isinstance(spec.get(f), list)]
+        for values in itertools.product(*(spec[f] for f in swept)):
+            concrete = {**spec, **dict(zip(swept, values))}
+            if swept:
+                suffix = "-".join(f"{f}{_format(v)}" for f, v in zip(swept, values))
+                concrete["name"] = f"{spec['name']}-{suffix}"
+            expanded.append(concrete)
+    names = [s["name"] for s in expanded]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"SAE names repeat after expanding sweeps: {duplicates}")
+    return expanded
