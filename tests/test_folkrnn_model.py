@@ -141,3 +141,19 @@ def test_replace_site_changes_only_layers_above():
 def test_from_lasagne_rejects_wrong_length():
     with pytest.raises(ValueError, match="3 \\+ 14"):
         FolkRNN.from_lasagne([np.eye(4)] * 10)
+
+
+def test_padded_batch_matches_single_sequences():
+    torch.manual_seed(4)
+    model = FolkRNN(FolkRNNConfig(vocab_size=12, hidden_size=8, n_layers=2)).eval()
+    seqs = [torch.randint(0, 12, (n,)) for n in (9, 4, 13)]
+    batch = torch.zeros(3, 13, dtype=torch.long)
+    for row, s in enumerate(seqs):
+        batch[row, : len(s)] = s
+    states = model.run_batch_with_states(batch)
+    for row, s in enumerate(seqs):
+        single = model.run_with_states(s)
+        for site in model.sites():
+            assert torch.allclose(states[site][row, : len(s)], single[site], atol=1e-6), site
+    only = model.run_batch_with_states(batch, sites=["lstm0_c"])
+    assert list(only) == ["lstm0_c"] and torch.allclose(only["lstm0_c"], states["lstm0_c"])

@@ -153,11 +153,13 @@ def record_activations(
     sites: list[str] | None = None,
     max_tunes: dict[str, int] | None = None,
     seed: int = 0,
+    batch_size: int = 32,
 ) -> dict:
     """Run a model over corpus tunes and write ``{out_dir}/{site}.h5`` for every site.
 
     ``max_tunes`` caps the tunes taken from each split (a seeded random subset); a tune with a
-    token the model does not know is skipped and counted.
+    token the model does not know is skipped and counted. Tunes run through the model
+    ``batch_size`` at a time (right-padded; padding rows are never written).
     """
     from .corpus.store import load_corpus
     from .corpus.tokens import TOKEN_TYPES, annotate_tune
@@ -193,31 +195,42 @@ def record_activations(
     dims = {}
     writers: dict[str, SiteWriter] = {}
     skipped, n_rows = 0, 0
+    batches = [chosen[i : i + batch_size] for i in range(0, len(chosen), batch_size)]
     try:
-        for piece, split_code in tqdm(chosen, desc=f"{subject} activations", mininterval=10):
-            names = ["<s>"] + corpus.tune_tokens(piece)
-            if any(tok not in stoi for tok in names):
-                skipped += 1
+        for batch in tqdm(batches, desc=f"{subject} activations", unit="batch", mininterval=10):
+            names = [["<s>"] + corpus.tune_tokens(piece) for piece, _ in batch]
+            known = [all(tok in stoi for tok in tune) for tune in names]
+            skipped += known.count(False)
+            batch = [b for b, ok in zip(batch, known) if ok]
+            names = [n for n, ok in zip(names, known) if ok]
+            if not batch:
                 continue
-            ids = [stoi[t] for t in names]
-            states = model.run_with_states(torch.tensor(ids))
-            n = len(ids)
-            annotation = annotate_tune(names)
-            cols = {
-                "piece": np.full(n, piece), "position": np.arange(n), "token": np.array(ids),
-                "next_token": np.array(ids[1:] + [stoi["</s>"]]), "split": np.full(n, split_code),
-                **annotation,
-            }
+            lengths = [len(n) for n in names]
+            ids = torch.full((len(batch), max(lengths)), stoi["</s>"], dtype=torch.long)
+            for row, tune in enumerate(names):
+                ids[row, : len(tune)] = torch.tensor([stoi[t] for t in tune])
+            states = model.run_batch_with_states(ids, sites)
+            cols: dict[str, list[np.ndarray]] = {name: [] for name in columns}
+            for row, ((piece, split_code), tune) in enumerate(zip(batch, names)):
+                n = len(tune)
+                tune_ids = ids[row, :n].numpy()
+                for name, values in {
+                    "piece": np.full(n, piece), "position": np.arange(n), "token": tune_ids,
+                    "next_token": np.r_[tune_ids[1:], stoi["</s>"]], "split": np.full(n, split_code),
+                    **annotate_tune(tune),
+                }.items():
+                    cols[name].append(np.asarray(values, dtype=columns[name]))
+            block_columns = {name: np.concatenate(parts) for name, parts in cols.items()}
             for site in sites:
-                acts = states[site].numpy()
+                acts = np.concatenate([states[site][row, :n].numpy() for row, n in enumerate(lengths)])
                 if site not in writers:
-                    dims[site] = acts.shape[1]
                     attrs = {"subject": subject, "site": site, "d": acts.shape[1], "family": model.family,
                              "vocab": json.dumps(vocab), "split": json.dumps(split_json), "producer": PRODUCER,
                              "model_dir": str(model_dir), "corpus_dir": str(corpus_dir)}
                     writers[site] = SiteWriter(out_dir / f"{site}.h5", acts.shape[1], columns, categories, attrs)
-                writers[site].append(acts, {k: np.asarray(v, dtype=columns[k]) for k, v in cols.items()})
-            n_rows += n
+                    dims[site] = acts.shape[1]
+                writers[site].append(acts, block_columns)
+            n_rows += sum(lengths)
     except BaseException:
         for w in writers.values():
             w.close(ok=False)

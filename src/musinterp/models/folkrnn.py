@@ -100,34 +100,48 @@ class FolkRNN(nn.Module):
         return [f"lstm{layer}_h" for layer in range(self.config.n_layers)]
 
     @torch.no_grad()
-    def run_with_states(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Step through one sequence ``tokens [time]`` and return every site, each ``[time, d]``.
+    def run_with_states(self, tokens: torch.Tensor, sites: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Run one sequence ``tokens [time]``; return the requested sites (default all), each ``[time, d]``.
 
         Sites: ``lstm{l}_h`` (layer output), ``lstm{l}_c`` (cell state) and ``softmax``
         (next-token probabilities). Row ``t`` is the state after reading ``tokens[t]``.
         """
+        return {name: a[0] for name, a in self.run_batch_with_states(tokens[None], sites).items()}
+
+    @torch.no_grad()
+    def run_batch_with_states(self, tokens: torch.Tensor, sites: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """As :meth:`run_with_states` for a batch ``tokens [batch, time]``; sites are ``[batch, time, d]``.
+
+        Sequences may be right-padded: every step depends only on earlier steps, so the rows of
+        a shorter sequence are exact up to its length. Only the layers the sites need are run.
+        """
+        wanted = set(self.sites() if sites is None else sites)
+        last = self.config.n_layers - 1 if "softmax" in wanted else max(
+            (int(name[4:].split("_")[0]) for name in wanted if name.startswith("lstm")), default=-1)
+        batch, steps = tokens.shape
         x = self._one_hot(tokens)
         out: dict[str, torch.Tensor] = {}
-        for layer, lstm in enumerate(self.lstms):
-            h0, c0 = self.h0[layer], self.c0[layer]
-            h_seq, _ = lstm(x[None], (h0.view(1, 1, -1), c0.view(1, 1, -1)))
-            h_seq = h_seq[0]
-            # nn.LSTM returns no per-step cell states. The gates at step t depend only on
-            # x_t and h_{t-1}, both known now, so they are computed for all steps at once;
-            # the cell state is then the elementwise recurrence c_t = f_t·c_{t-1} + i_t·g_t.
-            h_prev = torch.cat([h0[None], h_seq[:-1]])
-            gates = x @ lstm.weight_ih_l0.T + h_prev @ lstm.weight_hh_l0.T + lstm.bias_ih_l0 + lstm.bias_hh_l0
-            i, f, g, _o = gates.chunk(4, dim=1)
-            forget, write = torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g)
-            c, cs = c0, []
-            for t in range(tokens.shape[0]):
-                c = forget[t] * c + write[t]
-                cs.append(c)
-            x = h_seq
+        for layer, lstm in enumerate(self.lstms[: last + 1]):
+            h0, c0 = self.h0[layer].expand(batch, -1), self.c0[layer].expand(batch, -1)
+            h_seq, _ = lstm(x, (h0[None].contiguous(), c0[None].contiguous()))
+            if f"lstm{layer}_c" in wanted:
+                # nn.LSTM returns no per-step cell states. The gates at step t depend only on
+                # x_t and h_{t-1}, both known now, so they are computed for all steps at once;
+                # the cell state is then the elementwise recurrence c_t = f_t·c_{t-1} + i_t·g_t.
+                h_prev = torch.cat([h0[:, None], h_seq[:, :-1]], dim=1)
+                gates = x @ lstm.weight_ih_l0.T + h_prev @ lstm.weight_hh_l0.T + lstm.bias_ih_l0 + lstm.bias_hh_l0
+                i, f, g, _o = gates.chunk(4, dim=-1)
+                forget, write = torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g)
+                c, cs = c0, []
+                for t in range(steps):
+                    c = forget[:, t] * c + write[:, t]
+                    cs.append(c)
+                out[f"lstm{layer}_c"] = torch.stack(cs, dim=1)
             out[f"lstm{layer}_h"] = h_seq
-            out[f"lstm{layer}_c"] = torch.stack(cs)
-        out["softmax"] = torch.softmax(self.head(x), dim=-1)
-        return out
+            x = h_seq
+        if "softmax" in wanted:
+            out["softmax"] = torch.softmax(self.head(x), dim=-1)
+        return {name: out[name] for name in (sites or self.sites())}
 
     @torch.no_grad()
     def generate(
