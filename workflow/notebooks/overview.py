@@ -139,12 +139,24 @@ for path in features:
            title=f"{site} / {sae}: activation density")
     ax.legend()
     plt.show()
-    alive = latents[latents.density > 0].sort_values("max_activation", ascending=False)
+    alive = latents[latents.density > 0]
     display(Markdown(f"**{site} / {sae}**: {len(alive)} of {len(latents)} latents fire at least once."))
-    for _, row in alive.head(4).iterrows():
+
+    def best_type(row):
+        types = list(row["top_token_types"])
+        return types[0]["token_type"] if types else None
+
+    # A few latents worth reading: the strongest one, then the strongest whose best-associated
+    # token type is a bar line, a pitch and a duration (when such latents exist).
+    chosen = list(alive.sort_values("max_activation", ascending=False).head(1).index)
+    for kind in ("bar", "repeat", "pitch", "duration"):
+        of_kind = alive[alive.apply(best_type, axis=1) == kind].sort_values("max_activation", ascending=False)
+        chosen += [i for i in of_kind.index[:1] if i not in chosen]
+    for _, row in alive.loc[chosen].iterrows():
+        tokens_md = ", ".join(f"`{t['token']}` ({t['score']:.2f})" for t in list(row["top_tokens"])[:5])
         display(Markdown(
-            f"Latent {row['index']} (density {row['density']:.4f}, max {row['max_activation']:.2f}); "
-            f"top tokens: {', '.join(str(t['token']) for t in list(row['top_tokens'])[:5])}"
+            f"**Latent {row['index']}** — density {row['density']:.4f}, max {row['max_activation']:.2f}, "
+            f"most associated token type: {best_type(row)}; tokens: {tokens_md}"
         ))
         examples = pd.DataFrame(list(row["top_examples"])[:5])
         display(examples[["piece", "position", "activation", "context"]])
