@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from musinterp.sae import ReluL1Config, ReluL1SAE, load_sae, train_sae
 from musinterp.sae.saelens import fold_input_normalisation
-from musinterp.sae.trainer import ActivationStore, iter_shuffled_rows
+from musinterp.sae.trainer import ActivationStore, checkpoint_dir_for, iter_shuffled_rows
 
 VOCAB = ["<s>", "</s>", "|", "G", "A", "B", "c", "d", "2", "/2"]
 TOKEN_TYPES = ["special", "meta", "pitch", "rest", "duration", "bar"]
@@ -85,7 +85,9 @@ def test_module_follows_the_s1_recipe():
         x_hat, z = sae(x)
     assert torch.equal(z, torch.relu(x @ sae.W_enc + sae.b_enc))
     assert torch.allclose(x_hat, z @ sae.W_dec)  # no decoder bias
-    loss, parts = sae.training_loss(x)
+    loss, parts, latents = sae.training_loss(x)
+    assert torch.equal(latents, z)
+    assert list(parts) == list(ReluL1SAE.loss_parts)
     mse = ((x_hat - x) ** 2).sum() / (7 * 6)  # mean over tokens and dimensions
     l1 = z.abs().sum() / 7  # per-token sum, mean over tokens
     assert parts["mse"] == pytest.approx(float(mse), rel=1e-6)
@@ -209,12 +211,21 @@ def test_directory_contract(tmp_path):
 
     lines = (out / "training_log.tsv").read_text().splitlines()
     header = lines[0].split("\t")
-    assert header == ["step", "tokens_seen", "loss", "mse", "l1", "heldout_fvu", "heldout_l0"]
+    assert header == [
+        "step", "tokens_seen", "lr", "loss", "mse", "l1", "dead_latents", "heldout_fvu", "heldout_l0",
+    ]  # fmt: skip
     rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
     assert len(rows) == metrics["steps"] == 2 * 8  # 500 rows in batches of 64: 8 per epoch
     evaluated = [int(r["step"]) for r in rows if r["heldout_fvu"]]
     assert evaluated == [5, 10, 15, 16]  # every eval_every steps, and the last step
     assert int(rows[-1]["tokens_seen"]) == 1000
+    # warm-up over the first 5 % of 16 steps (1 step), decay over the last 20 % (3 steps)
+    assert [float(r["lr"]) for r in rows] == pytest.approx(
+        [1e-3] * 13 + [1e-3 * 3 / 3, 1e-3 * 2 / 3, 1e-3 / 3]
+    )
+    assert set(metrics["final_train_loss_parts"]) == {"loss", "mse", "l1"}
+    assert metrics["resumed_from_step"] is None
+    assert not checkpoint_dir_for(out).exists()
 
 
 def test_default_width_and_max_tokens(tmp_path):
@@ -229,42 +240,59 @@ def test_shuffle_visits_every_training_row_once_per_epoch(tmp_path):
     acts = raw_acts(n=1000, d=4)
     acts[:, 0] = np.arange(1000)  # row ids ride along in dimension 0
     path = write_acts(tmp_path / "acts.h5", acts)
+
+    def epoch(store, seed=0, epoch=0, start=0):
+        return list(
+            iter_shuffled_rows(store, 0, batch_size=48, buffer_rows=100, seed=seed, epoch=epoch, start=start)
+        )
+
     with ActivationStore(path, block_bytes=1) as store:  # one HDF5 chunk (64 rows) per block
         train_rows = np.flatnonzero(store.split == 0)
-        batches = list(
-            iter_shuffled_rows(store, 0, batch_size=48, buffer_rows=100, rng=np.random.default_rng(0))
-        )
-        again = list(
-            iter_shuffled_rows(store, 0, batch_size=48, buffer_rows=100, rng=np.random.default_rng(0))
-        )
+        batches = epoch(store)
+        again = epoch(store)
+        next_epoch = epoch(store, epoch=1)
+        other_seed = epoch(store, seed=1)
+        resumed = epoch(store, start=5 * 48)  # mid-epoch, mid-fill
     seen = np.concatenate(batches)[:, 0].astype(int)
     assert sorted(seen) == train_rows.tolist()
     assert all(len(b) == 48 for b in batches[:-1]) and 0 < len(batches[-1]) <= 48
     assert not np.array_equal(seen, np.sort(seen))  # shuffled across blocks
-    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
+    # The order is a function of (seed, epoch) and position only: resuming at a batch gives the rest.
+    assert len(resumed) == len(batches) - 5
+    assert all(np.array_equal(a, b) for a, b in zip(batches[5:], resumed, strict=True))
+    for other in (next_epoch, other_seed):
+        ids = np.concatenate(other)[:, 0].astype(int)
+        assert sorted(ids) == train_rows.tolist() and not np.array_equal(ids, seen)
+    with pytest.raises(ValueError, match="multiple of batch_size"):
+        epoch(store, start=7)
 
 
 # --- bad input ---------------------------------------------------------------------------------
 
 
 def _no_leftovers(tmp_path, name="sae"):
-    return not (tmp_path / name).exists() and not any(
-        p.name.startswith(f".{name}.") for p in tmp_path.iterdir()
+    return (
+        not (tmp_path / name).exists()
+        and not checkpoint_dir_for(tmp_path / name).exists()
+        and not any(p.name.startswith(f".{name}.") for p in tmp_path.iterdir())
     )
 
 
-def test_nan_row_is_named_and_nothing_is_left(tmp_path):
+@pytest.mark.parametrize("arch", [dict(arch="relu_l1"), dict(arch="topk", k=2), dict(arch="jumprelu")])
+def test_nan_row_is_named_and_nothing_is_left(tmp_path, arch):
     acts = raw_acts()
-    acts[437, 3] = np.nan
+    acts[437, 3] = np.nan  # a held-out row
     path = write_acts(tmp_path / "acts.h5", acts)
     with pytest.raises(ValueError, match=rf"{tmp_path / 'acts.h5'}: /acts row 437 contains NaN"):
-        train_sae(path, tmp_path / "sae", **QUICK)
+        train_sae(path, tmp_path / "sae", **QUICK, **arch)
     assert _no_leftovers(tmp_path)
     acts[437, 3] = 0.0
-    acts[12, 0] = np.inf
+    acts[12, 0] = np.inf  # a training row
     write_acts(path, acts)
     with pytest.raises(ValueError, match="row 12 "):
-        train_sae(path, tmp_path / "sae", **QUICK)
+        train_sae(path, tmp_path / "sae", **QUICK, **arch)
+    assert _no_leftovers(tmp_path)
 
 
 def test_failure_during_training_leaves_nothing(tmp_path):
@@ -288,4 +316,9 @@ def test_empty_and_unsplit_stores_are_refused(tmp_path):
         train_sae(bad_split, tmp_path / "sae")
     with pytest.raises(ValueError, match="unknown SAE architecture"):
         train_sae(write_acts(tmp_path / "ok.h5", raw_acts()), tmp_path / "sae", arch="gated")
+    wrong_d = write_acts(tmp_path / "wrongd.h5", raw_acts(d=8))
+    with h5py.File(wrong_d, "a") as f:
+        f.attrs["d"] = 9
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'wrongd.h5'}: attribute d=9 but /acts has 8 columns"):
+        train_sae(wrong_d, tmp_path / "sae")
     assert _no_leftovers(tmp_path)

@@ -2,11 +2,16 @@
 
 import json
 
+import h5py
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+from test_sae_relu_l1 import raw_acts, write_acts
 
+from musinterp.sae import train_sae
 from musinterp.sae.saelens import SAEFormatError, fold_input_normalisation, load_sae, save_sae, saelens_cfg
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 D_IN, D_SAE = 6, 16
 PROVENANCE = {"producer": "test"}
@@ -164,3 +169,93 @@ def test_sae_lens_loads_our_directory_and_agrees(tmp_path, architecture):
         assert torch.allclose(z_theirs, ours.encode(x), atol=1e-6)
         assert torch.allclose(theirs.decode(z_theirs), ours.decode(z_theirs), atol=1e-6)
         assert torch.allclose(theirs(x), ours(x), atol=1e-6)
+
+
+# --- SAEs trained by musinterp, every architecture ------------------------------------------------
+
+# arch → (SAELens architecture, settings)
+TRAINED = {
+    "relu_l1": ("standard", {}),
+    "topk": ("topk", {"k": 3}),
+    "batchtopk": ("jumprelu", {"k": 3}),
+    "jumprelu": ("jumprelu", {"l0_coeff": 1e-2}),
+}
+BASE_KEYS = [
+    "d_in",
+    "d_sae",
+    "dtype",
+    "device",
+    "apply_b_dec_to_input",
+    "normalize_activations",
+    "reshape_activations",
+]
+
+
+def train_tiny(tmp_path, arch):
+    path = write_acts(tmp_path / "acts.h5", raw_acts(d=8))
+    metrics = train_sae(
+        path, tmp_path / "sae", arch=arch, width=32, batch_size=64, epochs=3, **TRAINED[arch][1]
+    )
+    return path, tmp_path / "sae", metrics
+
+
+def heldout_rows(path):
+    with h5py.File(path) as f:
+        return torch.from_numpy(f["acts"][...])[torch.from_numpy(f["tokens/split"][...] == 1)]
+
+
+@pytest.mark.parametrize("arch", sorted(TRAINED))
+def test_trained_sae_follows_the_contract_and_its_metrics_hold(tmp_path, arch):
+    path, sae_dir, metrics = train_tiny(tmp_path, arch)
+    saelens_arch, settings = TRAINED[arch]
+    cfg = json.loads((sae_dir / "cfg.json").read_text())
+    extra = ["k", "rescale_acts_by_decoder_norm"] if saelens_arch == "topk" else []
+    assert list(cfg) == [*BASE_KEYS, *extra, "metadata", "architecture"]
+    assert cfg["architecture"] == saelens_arch
+    assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"]) == (8, 32, "float32")
+    assert cfg["apply_b_dec_to_input"] is False and cfg["normalize_activations"] == "none"
+    if saelens_arch == "topk":
+        assert cfg["k"] == 3 and cfg["rescale_acts_by_decoder_norm"] is False
+    provenance = cfg["metadata"]["provenance"]
+    assert provenance["arch"] == arch and provenance["arch_config"]["d_sae"] == 32
+    assert ("z-scoring" if arch == "relu_l1" else "multiplied by s") in provenance["input_normalisation"]
+
+    tensors = load_file(sae_dir / "sae_weights.safetensors")
+    shapes = {"W_enc": (8, 32), "b_enc": (32,), "W_dec": (32, 8), "b_dec": (8,)}
+    if saelens_arch == "jumprelu":
+        shapes["threshold"] = (32,)
+    assert {name: tuple(t.shape) for name, t in tensors.items()} == shapes  # nothing else
+    assert all(t.dtype == torch.float32 for t in tensors.values())
+    if arch == "batchtopk":  # one learnt global threshold, as SAELens saves BatchTopK
+        assert torch.all(tensors["threshold"] == tensors["threshold"][0]) and tensors["threshold"][0] > 0
+    if arch == "jumprelu":
+        assert torch.all(tensors["threshold"] > 0)
+
+    # metrics.json describes the saved files on the held-out rows
+    sae = load_sae(sae_dir)
+    x = heldout_rows(path)
+    z = sae.encode(x)
+    x_hat = sae.decode(z)
+    fvu = float(((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+    assert fvu == pytest.approx(metrics["fvu"], abs=1e-4)
+    assert float((z != 0).sum(1).double().mean()) == pytest.approx(metrics["l0"], abs=0.02)
+    assert float(((z != 0).sum(0) == 0).double().mean()) == pytest.approx(metrics["dead_fraction"], abs=0.04)
+    if arch == "topk":
+        assert metrics["l0"] == 3
+
+
+@pytest.mark.parametrize("arch", sorted(TRAINED))
+def test_sae_lens_loads_our_trained_sae_and_agrees(tmp_path, arch):
+    sae_lens = pytest.importorskip("sae_lens")
+    path, sae_dir, _ = train_tiny(tmp_path, arch)
+    theirs = sae_lens.SAE.load_from_disk(str(sae_dir))
+    ours = load_sae(sae_dir)
+    assert theirs.cfg.architecture() == TRAINED[arch][0]
+    if arch == "topk":
+        assert theirs.cfg.k == 3
+    x = heldout_rows(path)
+    with torch.no_grad():
+        z_theirs = theirs.encode(x)
+        assert torch.allclose(z_theirs, ours.encode(x), atol=1e-6)
+        assert torch.allclose(theirs.decode(z_theirs), ours.decode(z_theirs), atol=1e-5)
+        assert torch.allclose(theirs(x), ours(x), atol=1e-5)

@@ -13,22 +13,36 @@ MSE reads like an FVU in the normalised space; the L1 term is a per-token sum av
 tokens. The L1 penalty is only meaningful if latents cannot shrink it by growing their decoder
 rows, so every row of W_dec (one latent's direction) is rescaled to unit norm after each
 optimiser step. The encoder bias starts at −1 so that a latent fires only when its input clearly
-points its way, which keeps the initial L0 low. Dead latents are not revived: the S1 recipe has
-no resampling, and the trainer reports the dead fraction instead.
+points its way, which keeps the initial L0 low.
 
-Every architecture module offers the same small interface to the shared trainer:
-``from_settings``, ``encode``, ``decode``, ``forward``, ``training_loss``,
-``after_optimizer_step`` and ``saelens_export``.
+Dead latents: the trainer can revive them by resampling (Anthropic's recipe, formula in
+:mod:`musinterp.sae.base`), every ``resample_every`` steps in the first half of training. It is
+*off* by default because the S1 study trained without it and reports dead latents as a finding;
+:data:`S1_PRESET` is that study's recipe as :func:`musinterp.sae.trainer.train_sae` settings.
+A run that wants fewer dead latents sets ``resample_every``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import nn
 from torch.nn import functional as F
+
+from musinterp.sae.base import LossOutput, SparseAutoencoder, check_dimensions
+
+# The S1 recipe (DESIGN.md, "SAE engine"), with width 4 · d_in (512 → 2048 in the study): Adam at a
+# constant learning rate, no warm-up or decay, no resampling.
+S1_PRESET = dict(
+    arch="relu_l1",
+    l1_coeff=1e-3,
+    lr=1e-3,
+    batch_size=2048,
+    epochs=2,
+    warmup_fraction=0.0,
+    decay_fraction=0.0,
+    resample_every=None,
+)
 
 
 @dataclass
@@ -38,64 +52,45 @@ class ReluL1Config:
     l1_coeff: float = 1e-3
     encoder_bias_init: float = -1.0
 
+    def __post_init__(self):
+        check_dimensions(self.d_in, self.d_sae)
+        if not self.l1_coeff >= 0:
+            raise ValueError(f"l1_coeff must be >= 0, got {self.l1_coeff}")
 
-class ReluL1SAE(nn.Module):
-    """ReLU SAE over z-scored inputs; decoder rows kept at unit norm."""
 
+class ReluL1SAE(SparseAutoencoder):
+    """ReLU SAE over z-scored inputs; decoder rows kept at unit norm; no decoder bias."""
+
+    config_class = ReluL1Config
     saelens_architecture = "standard"
+    input_normalisation = "per_dimension"
+    apply_b_dec_to_input = False
+    loss_parts = ("mse", "l1")
+    settings_used = ("l1_coeff",)
 
-    def __init__(self, cfg: ReluL1Config, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        cfg: ReluL1Config,
+        generator: torch.Generator | None = None,
+        input_mean: torch.Tensor | None = None,
+    ):
         super().__init__()
-        if cfg.d_in < 1 or cfg.d_sae < 1:
-            raise ValueError(f"d_in and d_sae must be positive, got {cfg.d_in} and {cfg.d_sae}")
         self.cfg = cfg
-        # Random unit directions for the decoder; the encoder starts as their transpose, so each
-        # latent initially reads the direction it writes (a common, well-behaved start).
-        W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=generator)
-        W_dec /= W_dec.norm(dim=1, keepdim=True)
-        self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.T.clone().contiguous())
-        self.b_enc = nn.Parameter(torch.full((cfg.d_sae,), float(cfg.encoder_bias_init)))
+        # z-scored inputs have mean 0, so input_mean is not needed (and there is no b_dec).
+        self._init_tied(generator, cfg.encoder_bias_init, None, decoder_bias=False)
 
-    @classmethod
-    def from_settings(cls, d_in: int, d_sae: int, settings: Any, generator: torch.Generator | None = None):
-        """Build from the trainer's settings (which carry this architecture's hyperparameters)."""
-        return cls(ReluL1Config(d_in=d_in, d_sae=d_sae, l1_coeff=settings.l1_coeff), generator)
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        return F.relu(pre)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x @ self.W_enc + self.b_enc)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.W_dec
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.encode(x)
-        return self.decode(z), z
-
-    def training_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss and its parts (detached), for a batch of normalised inputs ``[n, d_in]``."""
+    def training_loss(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None) -> LossOutput:
+        """Total loss, its parts (detached) and the latents, for normalised inputs ``[n, d_in]``."""
         x_hat, z = self(x)
         mse = F.mse_loss(x_hat, x)  # mean over tokens and dimensions
         l1 = z.abs().sum(dim=1).mean()
         loss = mse + self.cfg.l1_coeff * l1
-        return loss, {"mse": mse.detach(), "l1": l1.detach()}
+        return LossOutput(loss, {"mse": mse.detach(), "l1": l1.detach()}, z.detach())
 
-    @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        """Project the decoder back onto unit-norm rows (one row = one latent's direction)."""
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-    @torch.no_grad()
-    def saelens_export(self) -> tuple[str, dict[str, torch.Tensor], dict[str, Any]]:
-        """SAELens architecture name, tensors in the normalised space, and extra cfg fields.
-
-        SAELens's standard SAE computes ``ReLU((x - b_dec·apply_b_dec_to_input) @ W_enc + b_enc)``
-        and ``z @ W_dec + b_dec``; ours is that with ``b_dec = 0``.
-        """
-        tensors = {
-            "W_enc": self.W_enc.detach().clone(),
-            "b_enc": self.b_enc.detach().clone(),
-            "W_dec": self.W_dec.detach().clone(),
-            "b_dec": torch.zeros(self.cfg.d_in),
-        }
-        return self.saelens_architecture, tensors, {}
+    def saelens_export(self):
+        """SAELens's standard SAE computes ``ReLU((x - b_dec·apply_b_dec_to_input) @ W_enc + b_enc)``
+        and ``z @ W_dec + b_dec``; ours is that with ``b_dec = 0``."""
+        return super().saelens_export()
