@@ -95,6 +95,31 @@ def test_sae_files_follow_saelens_contract(run):
     assert 0 <= metrics["dead_fraction"] <= 1 and metrics["fvu"] < 1.0
 
 
+def test_sae_sweep_and_loss_recovered(run):
+    for name, k in (("topk-k4", 4), ("topk-k8", 8)):
+        sae_dir = run / "results" / "sae" / SUBJECT / SAE_SITE / name
+        cfg = json.loads((sae_dir / "cfg.json").read_text())
+        assert cfg["architecture"] == "topk" and cfg["k"] == k
+        metrics = json.loads((sae_dir / "metrics.json").read_text())
+        assert metrics["l0"] <= k + 1e-6
+        assert metrics["loss_zero"] > metrics["loss_clean"]
+        assert -1.0 < metrics["loss_recovered"] <= 1.0 + 1e-6
+
+
+def test_s2_tables_and_notebook(run):
+    tables = run / "results" / "analyses" / SUBJECT / "s2"
+    units = pd.read_csv(tables / "units.tsv", sep="\t")
+    assert set(units.tune) == {"generated", "two_bars"} and set(units.layer) == {0, 1}
+    assert len(units) == 2 * 2 * 24 and units.max_abs.between(0, 1).all()
+    interventions = pd.read_csv(tables / "interventions.tsv", sep="\t")
+    assert {"clean"} < set(interventions.condition) and set(interventions.seed) == {0, 1}
+    assert interventions.p_bar_line_at_bar_ends.between(0, 1).all()
+    copying = pd.read_csv(tables / "copying.tsv", sep="\t")
+    assert len(copying) > 0
+    html = (run / "results" / "reports" / f"{SUBJECT}_s2_folkrnn.html").read_text()
+    assert html.count("data:image/png;base64") >= 5
+
+
 def test_features_table(run):
     table = pd.read_parquet(run / "results" / "features" / SUBJECT / SAE_SITE / SAE / "features.parquet")
     assert (table.kind == "latent").sum() == 48 and (table.kind == "neuron").sum() == 24

@@ -47,8 +47,9 @@ def _activations_record(args) -> None:
 def _sae_train(args) -> None:
     from .sae.trainer import train_sae
 
-    metrics = train_sae(args.acts, args.out, arch=args.arch, width=args.width, l1_coeff=args.l1,
-                        epochs=args.epochs, seed=args.seed, max_tokens=args.tokens)
+    metrics = train_sae(args.acts, args.out, arch=args.arch, width=args.width, k=args.k, l1_coeff=args.l1,
+                        l0_coeff=args.l0, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+                        seed=args.seed, max_tokens=args.tokens, resample_every=args.resample_every)
     if args.model:
         from .splice import add_loss_recovered
 
@@ -119,10 +120,15 @@ def parser() -> argparse.ArgumentParser:
     sae = stages.add_parser("sae", help="sparse autoencoders").add_subparsers(dest="action", required=True)
     s = sae.add_parser("train", help="train an SAE on an activation file")
     s.add_argument("acts")
-    s.add_argument("--arch", default="relu_l1", choices=["relu_l1"])
-    s.add_argument("--width", type=int, default=None)
-    s.add_argument("--l1", type=float, default=1e-3)
+    s.add_argument("--arch", default="relu_l1", choices=["relu_l1", "topk", "batchtopk", "jumprelu"])
+    s.add_argument("--width", type=int, default=None, help="number of latents (default 4 x d)")
+    s.add_argument("--k", type=int, default=None, help="active latents per token (topk, batchtopk)")
+    s.add_argument("--l1", type=float, default=None, help="L1 coefficient (relu_l1; default 1e-3)")
+    s.add_argument("--l0", type=float, default=None, help="L0 coefficient (jumprelu)")
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--batch-size", type=int, default=2048)
     s.add_argument("--epochs", type=int, default=2)
+    s.add_argument("--resample-every", type=int, default=None, help="steps between dead-latent resampling")
     s.add_argument("--tokens", type=int, default=None, help="train on at most this many tokens")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--model", default=None, help="model directory: also measure loss recovered by splicing")

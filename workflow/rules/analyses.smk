@@ -42,3 +42,41 @@ rule render_notebook:
         ENV
     script:
         "../scripts/render_notebook.py"
+
+
+rule s2_folkrnn_notebook:
+    input:
+        notebook=workflow.source_path("../notebooks/s2_folkrnn.py"),
+        model="results/models/{subject}/model.pt",
+        meta="results/models/{subject}/model.json",
+        tokens=lambda w: f"{corpus_dir(w.subject)}/tokens.h5",
+    output:
+        notebook="results/notebooks/{subject}_s2_folkrnn.ipynb",
+        units=report(
+            "results/analyses/{subject}/s2/units.tsv",
+            caption="../report/s2_tables.rst",
+            category="S2 folk-rnn",
+            labels={"subject": "{subject}", "table": "units"},
+        ),
+        interventions=report(
+            "results/analyses/{subject}/s2/interventions.tsv",
+            caption="../report/s2_tables.rst",
+            category="S2 folk-rnn",
+            labels={"subject": "{subject}", "table": "interventions"},
+        ),
+        copying="results/analyses/{subject}/s2/copying.tsv",
+        summary="results/analyses/{subject}/s2/summary.tsv",
+    log:
+        "results/logs/notebooks/{subject}_s2_folkrnn.log",
+    benchmark:
+        "results/benchmarks/notebooks/{subject}_s2_folkrnn.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        s2=lambda w: s2_parameters(w.subject),
+    script:
+        "../scripts/run_s2_notebook.py"

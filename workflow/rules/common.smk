@@ -110,6 +110,11 @@ def subject_sae_metrics(subject):
     ]
 
 
+def s2_parameters(subject):
+    """Notebook parameters of study S2 for a folkrnn subject (config key subjects.<s>.s2)."""
+    return dict(subject_config(subject).get("s2", {}))
+
+
 def all_targets():
     targets = []
     for subject in config["subjects"]:
@@ -118,6 +123,10 @@ def all_targets():
             for site in recorded_sites(subject)
         ]
         targets.append(f"results/reports/{subject}_overview.html")
+        if subject_config(subject)["family"] == "folkrnn" and "s2" in subject_config(
+            subject
+        ):
+            targets.append(f"results/reports/{subject}_s2_folkrnn.html")
     for subject, site, spec in sae_runs():
         base = f"{subject}/{site}/{spec['name']}"
         targets += [

@@ -11,13 +11,13 @@ from musinterp.splice import add_loss_recovered
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 spec = dict(snakemake.params.spec)
-options = {k: spec[k] for k in ("width", "l1_coeff", "lr", "batch_size", "epochs", "max_tokens") if k in spec}
+# Everything in the spec except what names and places it is a training setting.
+options = {key: value for key, value in spec.items() if key not in ("name", "sites", "arch")}
 sae_dir = Path(snakemake.output.cfg).parent
 train_sae(
     snakemake.input.acts,
     sae_dir,
     arch=spec["arch"],
-    seed=snakemake.params.seed,
-    **options,
+    **{"seed": snakemake.params.seed, **options},
 )
 add_loss_recovered(sae_dir, Path(snakemake.input.model).parent, snakemake.input.acts)
