@@ -88,16 +88,23 @@ display(pd.Series(heads).sort_values(ascending=False).head(12).rename("tunes").t
 
 # %%
 meta = json.loads(Path(model_meta).read_text())
-hist = pd.DataFrame(meta["history"])
-display(Markdown(
-    f"Family `{meta['family']}`, config `{meta['config']}`, {meta['n_parameters']:,} parameters, "
-    f"trained on {meta['n_train_tokens']:,} tokens in {meta['training_seconds']:.0f} s; best held-out "
-    f"loss {meta['best_valid_loss']:.3f} nats/token (perplexity {np.exp(meta['best_valid_loss']):.2f}) "
-    f"at epoch {meta['best_epoch']}."
-))
-ax = hist.plot(x="epoch", y=["train_loss", "valid_loss"], marker="o")
-ax.set(ylabel="nats / token", title="Training curves")
-plt.show()
+n_parameters = meta.get("n_parameters")
+display(Markdown(f"Family `{meta['family']}`, config `{meta['config']}`"
+                 + (f", {n_parameters:,} parameters." if n_parameters else ".")))
+if "history" in meta:
+    hist = pd.DataFrame(meta["history"])
+    display(Markdown(
+        f"Trained here on {meta['n_train_tokens']:,} tokens in {meta['training_seconds']:.0f} s; best held-out "
+        f"loss {meta['best_valid_loss']:.3f} nats/token (perplexity {np.exp(meta['best_valid_loss']):.2f}) "
+        f"at epoch {meta['best_epoch']}."
+    ))
+    ax = hist.plot(x="epoch", y=["train_loss", "valid_loss"], marker="o")
+    ax.set(ylabel="nats / token", title="Training curves")
+    plt.show()
+else:
+    # An imported checkpoint: no training happened here; show where it came from.
+    display(Markdown("Imported checkpoint; provenance:"))
+    display(pd.Series({k: str(v) for k, v in meta.get("provenance", {}).items()}).to_frame("value"))
 
 # %% [markdown]
 # ### Tunes sampled from the model

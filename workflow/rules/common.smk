@@ -1,5 +1,6 @@
 # Helpers shared by the rule files, and config validation before any job runs.
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [_library, os.environ.get("PYTHONPATH")]))
 )
 ENV = "../../envs/musinterp.yaml"
+DOWNLOAD_DIR = config.get("download_dir", "resources/downloads")
 sys.path.insert(0, _library)
 import musinterp.config as library_config  # light: no torch at parse time
 
@@ -39,6 +41,33 @@ wildcard_constraints:
 
 def subject_config(subject):
     return config["subjects"][subject]
+
+
+def subjects_by_source(*sources):
+    return [s for s, cfg in config["subjects"].items() if cfg["source"] in sources]
+
+
+def one_of(names):
+    """A wildcard regex matching exactly these names (and nothing when there are none)."""
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+def model_checksum(subject):
+    """(kind, expected) of a subject's downloaded or local checkpoint, or None when not given."""
+    cfg = subject_config(subject)
+    for kind in ("git_blob", "sha256"):
+        if kind in cfg:
+            return (kind, cfg[kind])
+    return None
+
+
+def model_source_path(subject):
+    """Where a subject's checkpoint file is read from: the download folder, or a local path."""
+    cfg = subject_config(subject)
+    if cfg["source"] == "local":
+        return cfg["path"]
+    filename = os.path.basename(cfg["url"])
+    return f"{DOWNLOAD_DIR}/models/{subject}/{filename}"
 
 
 def corpus_dir(subject):

@@ -18,6 +18,8 @@ rule train_model:
         "results/logs/models/{subject}.log",
     benchmark:
         "results/benchmarks/models/{subject}.tsv"
+    wildcard_constraints:
+        subject=one_of(subjects_by_source("train")),
     conda:
         ENV
     threads: 2
@@ -34,3 +36,52 @@ rule train_model:
         sampling=lambda w: subject_config(w.subject).get("sampling", {}),
     script:
         "../scripts/train_model.py"
+
+
+rule download_model_source:
+    output:
+        f"{DOWNLOAD_DIR}/models/{{subject}}/{{filename}}",
+    log:
+        "results/logs/downloads/{subject}/{filename}.log",
+    conda:
+        ENV
+    resources:
+        runtime=30,
+    params:
+        url=lambda w: subject_config(w.subject)["url"],
+        checksum=lambda w: model_checksum(w.subject),
+    script:
+        "../scripts/download.py"
+
+
+rule import_model:
+    input:
+        source=lambda w: model_source_path(w.subject),
+    output:
+        model="results/models/{subject}/model.pt",
+        meta="results/models/{subject}/model.json",
+        samples=report(
+            "results/models/{subject}/samples.txt",
+            caption="../report/samples.rst",
+            category="Models",
+            labels={"subject": "{subject}", "file": "samples"},
+        ),
+    log:
+        "results/logs/models/{subject}.log",
+    benchmark:
+        "results/benchmarks/models/{subject}.tsv"
+    wildcard_constraints:
+        subject=one_of(subjects_by_source("download", "local")),
+    conda:
+        ENV
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        family=lambda w: subject_config(w.subject)["family"],
+        url=lambda w: subject_config(w.subject).get("url"),
+        checksum=lambda w: model_checksum(w.subject),
+        sampling=lambda w: subject_config(w.subject).get("sampling", {}),
+        seed=config.get("seed", 0),
+    script:
+        "../scripts/import_model.py"

@@ -55,6 +55,20 @@ def load(model_dir: str | Path):
     return model, json.loads(meta_path.read_text())
 
 
+def write_samples(model, vocab: list[str], path: str | Path, n_samples: int, temperature: float,
+                  seed: int) -> list[str]:
+    """Sample ``n_samples`` tunes from ``<s>`` (seeded) and write them, one paragraph each."""
+    stoi = {t: i for i, t in enumerate(vocab)}
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for _ in range(n_samples):
+        ids = model.generate([stoi["<s>"]], stoi["</s>"], temperature=temperature, generator=generator)
+        samples.append(" ".join(vocab[i] for i in ids[1:] if i != stoi["</s>"]))
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n\n".join(samples) + "\n")
+    return samples
+
+
 def train_model(
     family: str,
     corpus_dir: str | Path,
@@ -87,13 +101,7 @@ def train_model(
     )
     seconds = time.time() - t0
 
-    generator = torch.Generator().manual_seed(cfg.seed)
-    samples = []
-    for _ in range(n_samples):
-        ids = model.generate([bos], eos, temperature=temperature, generator=generator)
-        samples.append(" ".join(corpus.vocab[i] for i in ids[1:] if i != eos))
-    with atomic_path(out_dir / "samples.txt") as tmp:
-        tmp.write_text("\n\n".join(samples) + "\n")
+    write_samples(model, corpus.vocab, out_dir / "samples.txt", n_samples, temperature, cfg.seed)
 
     meta = {
         "vocab": corpus.vocab,
@@ -107,5 +115,6 @@ def train_model(
         **result,
     }
     save(model, out_dir, meta)
+    (out_dir / "checkpoint.pt").unlink(missing_ok=True)  # only needed to resume an unfinished run
     log.info("wrote %s (best held-out loss %.4f at epoch %d)", out_dir, result["best_valid_loss"], result["best_epoch"])
     return meta

@@ -28,10 +28,13 @@ class TrainConfig:
     lr: float = 3e-3
     optimizer: str = "adam"  # "adam" or "rmsprop" (folk-rnn v2 used RMSprop 0.003)
     grad_clip: float = 5.0
+    lr_decay: float = 1.0  # multiply the lr by this after every epoch from lr_decay_start on (folk-rnn: 0.97)
+    lr_decay_start: int = 0
     patience: int = 3  # epochs without held-out improvement before stopping
     max_train_tunes: int | None = None
     max_len: int | None = None  # truncate longer tunes (None keeps them whole)
     seed: int = 0
+    device: str = "auto"  # "auto": CUDA when available, else CPU
 
 
 def frame_tunes(tunes: list[np.ndarray], bos: int, eos: int, max_len: int | None) -> list[np.ndarray]:
@@ -59,14 +62,21 @@ def pad(seqs: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
     return torch.from_numpy(tokens), torch.from_numpy(mask)
 
 
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 @torch.no_grad()
 def evaluate(model, seqs: list[np.ndarray], batch_size: int, pad_id: int) -> float:
     """Mean per-token cross entropy (nats) over ``seqs``."""
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     order = np.argsort([len(s) for s in seqs])
     for i in range(0, len(order), batch_size):
-        tokens, mask = pad([seqs[j] for j in order[i : i + batch_size]], pad_id)
+        tokens, mask = (t.to(device) for t in pad([seqs[j] for j in order[i : i + batch_size]], pad_id))
         n = int(mask[:, 1:].sum())
         total += float(model.loss(tokens, mask)) * n
         count += n
@@ -104,6 +114,8 @@ def train_lm(
     if not train or not valid:
         raise ValueError(f"need training and held-out tunes, got {len(train)} and {len(valid)}")
     n_train_tokens = sum(len(s) - 1 for s in train)
+    device = resolve_device(cfg.device)
+    model.to(device)
     optimizer = make_optimizer(model, cfg)
     history = {"epoch": [], "train_loss": [], "valid_loss": [], "seconds": []}
     best = {"valid_loss": math.inf, "epoch": -1, "state": None}
@@ -111,12 +123,12 @@ def train_lm(
 
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if ckpt is not None and ckpt.exists():
-        saved = torch.load(ckpt, weights_only=True)
+        saved = torch.load(ckpt, weights_only=True, map_location=device)
         if saved.get("train_config") == asdict(cfg):
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             history, best, start_epoch = saved["history"], saved["best"], saved["epoch"] + 1
-            torch.set_rng_state(saved["torch_rng"])
+            torch.set_rng_state(saved["torch_rng"].cpu())
             rng.bit_generator.state = saved["numpy_rng"]
             log.info("resumed from %s at epoch %d", ckpt, start_epoch)
         else:
@@ -128,11 +140,13 @@ def train_lm(
     )
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * cfg.lr_decay ** max(0, epoch - cfg.lr_decay_start)
         model.train()
         total, count = 0.0, 0
         batches = length_batches(train, cfg.batch_size, rng)
         for idx in tqdm(batches, desc=f"epoch {epoch}", mininterval=10, leave=False):
-            tokens, mask = pad([train[j] for j in idx], eos)
+            tokens, mask = (t.to(device) for t in pad([train[j] for j in idx], eos))
             loss = model.loss(tokens, mask)
             optimizer.zero_grad()
             loss.backward()
@@ -150,7 +164,7 @@ def train_lm(
             epoch, total / count, valid_loss, seconds, n_train_tokens / seconds,
         )
         if valid_loss < best["valid_loss"]:
-            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             best = {"valid_loss": valid_loss, "epoch": epoch, "state": state}
         if ckpt is not None:
             with atomic_path(ckpt) as tmp:
@@ -167,7 +181,7 @@ def train_lm(
             log.info("early stop: no held-out improvement for %d epochs", cfg.patience)
             break
     model.load_state_dict(best["state"])
-    model.eval()
+    model.cpu().eval()
     return {
         "history": history,
         "best_epoch": best["epoch"],
@@ -175,4 +189,5 @@ def train_lm(
         "n_train_tunes": len(train),
         "n_valid_tunes": len(valid),
         "n_train_tokens": n_train_tokens,
+        "device": str(device),
     }

@@ -1,0 +1,23 @@
+"""Snakemake adapter: import a published checkpoint into a musinterp model directory."""
+
+from pathlib import Path
+
+from musinterp.io import verify_file
+from musinterp.logs import setup_logging
+from musinterp.models import load, write_samples
+from musinterp.models.folkrnn_import import import_folkrnn
+
+setup_logging(snakemake.log[0])
+source = snakemake.input.source
+if snakemake.params.checksum is not None:
+    # A file placed by hand (offline use) is verified here, since no download rule ran for it.
+    kind, expected = snakemake.params.checksum
+    verify_file(source, expected, kind)
+out_dir = Path(snakemake.output.model).parent
+if snakemake.params.family != "folkrnn":
+    raise ValueError(f"no importer for family {snakemake.params.family!r}")
+import_folkrnn(source, out_dir, source=snakemake.params.url or str(source))
+model, meta = load(out_dir)
+sampling = dict(snakemake.params.sampling)
+write_samples(model, meta["vocab"], snakemake.output.samples, sampling.get("n_samples", 5),
+              sampling.get("temperature", 1.0), snakemake.params.seed)
