@@ -44,11 +44,15 @@ def execute_notebook(source: str | Path, out_ipynb: str | Path, parameters: dict
 
 
 def render_html(ipynb: str | Path, out_html: str | Path) -> None:
-    """Render an executed notebook to standalone HTML without input (code) cells."""
+    """Render an executed notebook to standalone HTML without code cells and without stderr."""
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(ipynb, as_version=4)
+    # Logging and progress bars (stderr) stay in the executed notebook, not in the reader's page.
+    for cell in nb.cells:
+        if "outputs" in cell:
+            cell.outputs = [o for o in cell.outputs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nb)
     with atomic_path(out_html, suffix=".html") as tmp:
