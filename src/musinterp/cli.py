@@ -35,6 +35,15 @@ def _model_train(args) -> None:
     print(f"best held-out loss {meta['best_valid_loss']:.4f} nats/token at epoch {meta['best_epoch']}")
 
 
+def _import_folkrnn(args) -> None:
+    from .models.folkrnn_import import import_folkrnn
+
+    meta = import_folkrnn(args.pickle, args.out, dropout=args.dropout)
+    cfg = meta["config"]
+    print(f"imported {args.pickle}: {cfg['n_layers']} x {cfg['hidden_size']} LSTM, vocabulary of "
+          f"{cfg['vocab_size']} tokens -> {args.out}")
+
+
 def _activations_record(args) -> None:
     from .activations import record_activations
 
@@ -104,6 +113,14 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--samples", type=int, default=5)
     m.add_argument("--temperature", type=float, default=1.0)
     m.set_defaults(func=_model_train)
+
+    imports = stages.add_parser("import", help="import published checkpoints").add_subparsers(
+        dest="family", required=True)
+    i = imports.add_parser("folkrnn", help="a folk-rnn pickle (v2, Swedish), read with a restricted unpickler")
+    i.add_argument("pickle")
+    i.add_argument("--out", required=True)
+    i.add_argument("--dropout", type=float, default=0.5)
+    i.set_defaults(func=_import_folkrnn)
 
     acts = stages.add_parser("activations", help="record activations").add_subparsers(dest="action", required=True)
     a = acts.add_parser("record", help="write {site}.h5 per site")
