@@ -140,7 +140,9 @@ def subject_sae_metrics(subject):
 
 
 def s2_parameters(subject):
-    """Notebook parameters of study S2 for a folkrnn subject (config key subjects.<s>.s2)."""
+    """Notebook parameters of study S2 for a folkrnn subject (config key subjects.<s>.s2; the
+    notebook's defaults, e.g. Sturm's C-major reel as the given tune, fill in the rest).
+    """
     return dict(subject_config(subject).get("s2", {}))
 
 
