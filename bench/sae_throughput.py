@@ -39,6 +39,13 @@ Variants (each a fresh worker process, run one after the other):
     malloc+fused    + torch.optim.Adam(fused=True)
     malloc+fused+l1sum  + relu_l1 L1 term as z.sum() (z ≥ 0 after ReLU, so |z| = z; saves the
                       abs forward and sgn backward passes over [B, m]); topk unchanged
+    current         the trainer's own set-up since the 2026-11-22 changes: Adam from
+                      ``make_optimizer`` (fused) and ``keep_freed_memory_mapped()`` (mallopt) called
+                      in-process, no environment variables; run with B 2048 and 4096, GEMMs, profile
+
+Since those changes, ``src/`` itself computes the L1 term as z.sum() and the top-k family's
+pre-activations without the extra GEMM, so "baseline" and the other variants measure the new code
+with the old optimiser and allocator, not the code the 2026-11-22 "before" figures came from.
 """
 
 from __future__ import annotations
@@ -67,7 +74,9 @@ VARIANTS = {
     "malloc": (MALLOC_ENV, False, False),
     "malloc+fused": (MALLOC_ENV, True, False),
     "malloc+fused+l1sum": (MALLOC_ENV, True, True),
+    "current": ({}, "src", False),  # fused="src": the trainer's make_optimizer; mallopt in-process
 }
+FULL_VARIANTS = ("baseline", "current")  # also B = 4096, the GEMMs alone and the profile
 SHAPES = [(512, 4096), (256, 2048)]
 
 
@@ -136,11 +145,21 @@ def make_sae(arch: str, d: int, m: int, k: int, l1sum: bool):
     return TopKSAE(TopKConfig(d_in=d, d_sae=m, k=k), generator=g, input_mean=torch.zeros(d))
 
 
+def make_adam(sae, fused):
+    import torch
+
+    if fused == "src":
+        from musinterp.sae.trainer import make_optimizer
+
+        return make_optimizer(sae.parameters(), 1e-4)
+    return torch.optim.Adam(sae.parameters(), lr=1e-4, fused=fused or None)
+
+
 def time_steps(arch: str, d: int, m: int, B: int, k: int, reps: int, fused: bool, l1sum: bool) -> dict:
     import torch
 
     sae = make_sae(arch, d, m, k, l1sum)
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=fused or None)
+    opt = make_adam(sae, fused)
     g = torch.Generator().manual_seed(1)
     xs = [torch.randn(B, d, generator=g) for _ in range(4)]  # z-scored-like inputs
     dead_mask = torch.zeros(m, dtype=torch.bool)  # nothing dead: AuxK is skipped, as early on
@@ -222,7 +241,7 @@ def profile_step(arch: str, d: int, m: int, B: int, k: int, fused: bool, l1sum: 
     from torch.profiler import ProfilerActivity, profile
 
     sae = make_sae(arch, d, m, k, l1sum)
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=fused or None)
+    opt = make_adam(sae, fused)
     x = torch.randn(B, d, generator=torch.Generator().manual_seed(2))
     dead_mask = torch.zeros(m, dtype=torch.bool)
 
@@ -257,6 +276,10 @@ def worker(args) -> None:
     _, fused, l1sum = VARIANTS[args.variant]
     out = {"variant": args.variant, "fused_adam": fused, "l1sum": l1sum,
            "malloc_env": {k: os.environ.get(k) for k in MALLOC_ENV}, "runs": [], "profiles": []}  # fmt: skip
+    if fused == "src":
+        from musinterp.sae.trainer import keep_freed_memory_mapped
+
+        out["mallopt_applied"] = keep_freed_memory_mapped()
     with CpuMonitor() as mon:
         out["machine_peak_4096cubed_start"] = mm_gflops(4096, 4096, 4096, 4)
         for d, m in SHAPES:
@@ -331,12 +354,12 @@ def main() -> None:
     }
     for name in args.only or list(VARIANTS):
         env_extra = VARIANTS[name][0]
-        batches = args.batches or ([2048, 4096] if name == "baseline" else [2048])
+        batches = args.batches or ([2048, 4096] if name in FULL_VARIANTS else [2048])
         tmp = RESULTS / f".throughput_{name}.json"
         cmd = [sys.executable, __file__, "--variant", name, "--worker-out", str(tmp),
                "--threads", str(args.threads), "--reps", str(args.reps), "--mm-reps", str(args.mm_reps),
                "--k", str(args.k), "--batches", *map(str, batches)]  # fmt: skip
-        if name == "baseline":
+        if name in FULL_VARIANTS:
             cmd += ["--gemms", "--profile"]
         RESULTS.mkdir(parents=True, exist_ok=True)
         subprocess.run(cmd, check=True, env={**os.environ, **env_extra})
@@ -344,7 +367,8 @@ def main() -> None:
         tmp.unlink()
         profiles = data.pop("profiles")
         if profiles:
-            (args.out.with_suffix(".profile.txt")).write_text(
+            suffix = ".profile.txt" if name == "baseline" else f".{name}.profile.txt"
+            args.out.with_suffix(suffix).write_text(
                 "\n\n".join(f"{p['arch']} {p['d_in']}->{p['d_sae']} B={p['batch']} ({name})\n{p['table']}"
                             for p in profiles)  # fmt: skip
             )

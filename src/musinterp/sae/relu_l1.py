@@ -86,7 +86,7 @@ class ReluL1SAE(SparseAutoencoder):
         """Total loss, its parts (detached) and the latents, for normalised inputs ``[n, d_in]``."""
         x_hat, z = self(x)
         mse = F.mse_loss(x_hat, x)  # mean over tokens and dimensions
-        l1 = z.abs().sum(dim=1).mean()
+        l1 = z.sum(dim=1).mean()  # z >= 0 after the ReLU, so this is Σ_j |z_j| without abs/sign passes
         loss = mse + self.cfg.l1_coeff * l1
         return LossOutput(loss, {"mse": mse.detach(), "l1": l1.detach()}, z.detach())
 
