@@ -43,9 +43,9 @@ Variants (each a fresh worker process, run one after the other):
                       ``make_optimizer`` (fused) and ``keep_freed_memory_mapped()`` (mallopt) called
                       in-process, no environment variables; run with B 2048 and 4096, GEMMs, profile
 
-Since those changes, ``src/`` itself computes the L1 term as z.sum() and the top-k family's
-pre-activations without the extra GEMM, so "baseline" and the other variants measure the new code
-with the old optimiser and allocator, not the code the 2026-11-22 "before" figures came from.
+Since those changes, ``src/`` itself computes the L1 term as z.sum(), so "baseline" and the other
+variants measure the new relu_l1 with the old optimiser and allocator, not the code the first
+2026-11-22 figures came from (see bench/README.md for the b_dec change in the second run).
 """
 
 from __future__ import annotations

@@ -159,12 +159,7 @@ class SparseAutoencoder(nn.Module):
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         if self.b_dec is not None and self.apply_b_dec_to_input:
-            # (x − b_dec) @ W_enc + b_enc, computed as x @ W_enc + (b_enc − b_dec @ W_enc): the
-            # same function, but autograd no longer builds the gradient of the [B, d_in] input
-            # x − b_dec (a [B, d_sae]×[d_sae, d_in] GEMM only to be summed over the batch for
-            # b_dec); b_dec's gradient becomes a vector-matrix product. Equal to float rounding.
-            bias = self.b_enc - self.b_dec @ self.W_enc
-            return torch.addmm(bias, x, self.W_enc) if x.dim() == 2 else x @ self.W_enc + bias
+            x = x - self.b_dec
         return x @ self.W_enc + self.b_enc
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:

@@ -504,11 +504,17 @@ def keep_freed_memory_mapped() -> bool:
     on first touch and are ``munmap``-ed on free. bench/README.md measured 12.9 M minor page
     faults in a 3.8 min benchmark and +17–43 % tokens/s once glibc keeps the memory (with the
     equivalent ``MALLOC_MMAP_MAX_`` / ``MALLOC_TRIM_THRESHOLD_`` environment variables). The cost:
-    the process keeps its peak heap for its lifetime; peak memory itself does not grow.
+    freed memory stays resident (for the whole process, which may be a larger pipeline), so peak
+    memory grows: 1.13 → 1.42 GiB in bench/README.md's 1.5 GiB-capped run, with
+    :func:`release_free_memory` before each evaluation. ``MUSINTERP_MALLOPT=0`` in the
+    environment skips this, e.g. under a tight memory cap. (``mallopt`` takes a C int, so the
+    trim threshold is INT_MAX; ``M_MMAP_THRESHOLD`` is not used because glibc caps it at 32 MiB.)
     """
     global _malloc_tuned
     if _malloc_tuned:
         return True
+    if os.environ.get("MUSINTERP_MALLOPT", "1") == "0":  # opt-out, e.g. under a tight memory cap
+        return False
     try:
         import ctypes
         import platform
@@ -527,6 +533,21 @@ def keep_freed_memory_mapped() -> bool:
     return _malloc_tuned
 
 
+def release_free_memory() -> None:
+    """With :func:`keep_freed_memory_mapped` in force, hand the heap's free pages back to the
+    kernel (glibc ``malloc_trim(0)``) before a phase whose temporaries differ from a training
+    step's (the evaluations): otherwise they stack on top of the step's kept memory, which took a
+    1.5 GiB-capped run over its cap (bench/README.md, section 3). Any failure is ignored."""
+    if not _malloc_tuned:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except Exception:  # noqa: BLE001
+        pass
+
+
 # --- evaluation, log, checkpoints ----------------------------------------------------------------
 
 
@@ -534,6 +555,7 @@ def keep_freed_memory_mapped() -> bool:
 def evaluate(sae: torch.nn.Module, row_blocks, shift: torch.Tensor, divisor: torch.Tensor) -> SAEMetrics:
     """Held-out metrics of ``sae`` (which reads ``(x − shift) / divisor``) on raw activations."""
     device = shift.device
+    release_free_memory()
     acc = MetricsAccumulator(sae.cfg.d_in, sae.cfg.d_sae)
     was_training = sae.training
     sae.eval()
