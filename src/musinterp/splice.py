@@ -65,12 +65,16 @@ def mean_loss(model, sequences, batch_size: int = 32) -> tuple[float, int]:
 
 
 def loss_recovered(model_dir: str | Path, acts_path: str | Path, sae_dir: str | Path,
-                   max_pieces: int | None = None) -> dict:
-    """Clean, spliced and zero-ablated losses and the share of loss recovered (see module doc)."""
+                   max_pieces: int | None = None, model=None) -> dict:
+    """Clean, spliced and zero-ablated losses and the share of loss recovered (see module doc).
+
+    ``model`` may be passed when the caller has already loaded ``model_dir``.
+    """
     from .sae.saelens import load_sae
 
     t0 = time.time()
-    model, _ = load(model_dir)
+    if model is None:
+        model, _ = load(model_dir)
     sae = load_sae(sae_dir)
     with ActivationFile(acts_path) as acts:
         site = acts.attrs.get("site")
@@ -99,10 +103,12 @@ def add_loss_recovered(sae_dir: str | Path, model_dir: str | Path, acts_path: st
     metrics_path = Path(sae_dir) / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
     model, _ = load(model_dir)
-    with ActivationFile(acts_path) as acts:
-        site = acts.attrs.get("site")
+    site = metrics.get("site")  # the trainer copies the activation file's site attribute
+    if site is None:
+        with ActivationFile(acts_path) as acts:
+            site = acts.attrs.get("site")
     if site in model.replaceable_sites():
-        metrics.update(loss_recovered(model_dir, acts_path, sae_dir, max_pieces))
+        metrics.update(loss_recovered(model_dir, acts_path, sae_dir, max_pieces, model=model))
     else:
         # Recorded, not hidden: a reader of metrics.json sees why there is no number.
         metrics.update({"loss_recovered": None, "splice_site": site,
