@@ -1,4 +1,8 @@
-"""Shared fixtures."""
+"""Shared fixtures and helpers."""
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,3 +40,14 @@ def tiny_subject(tmp_path):
     model = build("folkrnn", vocab_size=len(corpus.vocab), hidden_size=12, n_layers=2, dropout=0.0)
     save(model, tmp_path / "model", {"vocab": corpus.vocab})
     return tmp_path, corpus
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_snakemake(workdir, *args, configfile=None, timeout=900):
+    """The real `snakemake` command on this repository's Snakefile, working in ``workdir``."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir)]
+    if configfile is not None:
+        cmd += ["--configfile", str(configfile)]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout)

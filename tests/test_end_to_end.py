@@ -1,8 +1,6 @@
 """The tiny config through the real `snakemake` command in a temporary directory, then every output checked."""
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from musinterp.activations import ActivationFile
+from conftest import run_snakemake
 from musinterp.models import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,9 +23,7 @@ pytestmark = pytest.mark.e2e
 
 
 def snakemake(workdir, *args):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(CONFIG), "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    return run_snakemake(workdir, "--cores", "2", *args, configfile=CONFIG)
 
 
 @pytest.fixture(scope="module")

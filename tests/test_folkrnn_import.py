@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_folkrnn_model import numpy_folkrnn
 import torch
 
 from musinterp.models import load
@@ -164,28 +165,8 @@ def folkrnn_checkpoint(tokens: list[str], seed: int = 0, hidden: int = HIDDEN, n
 
 
 def reference_logits(arrays: list[np.ndarray], token_ids: list[int]) -> np.ndarray:
-    """The documented step in float64: i, f, c, o gates with x @ W, learned initial states,
-    one-hot input through the embedding, dense output (softmax is monotone; logits compared)."""
-
-    def sigmoid(z):
-        return 1.0 / (1.0 + np.exp(-z))
-
-    a = [np.asarray(x, dtype=np.float64) for x in arrays]
-    vocab = a[0].shape[0]
-    xs = [np.eye(vocab)[t] @ a[0] for t in token_ids]
-    for layer in range((len(a) - 3) // 14):
-        (w_xi, w_hi, b_i, w_xf, w_hf, b_f, w_xc, w_hc, b_c, w_xo, w_ho, b_o, c_init, h_init) = a[1 + 14 * layer : 15 + 14 * layer]
-        c, h = c_init.reshape(-1), h_init.reshape(-1)
-        outputs = []
-        for x in xs:
-            i = sigmoid(x @ w_xi + h @ w_hi + b_i)
-            f = sigmoid(x @ w_xf + h @ w_hf + b_f)
-            c = f * c + i * np.tanh(x @ w_xc + h @ w_hc + b_c)
-            o = sigmoid(x @ w_xo + h @ w_ho + b_o)
-            h = o * np.tanh(c)
-            outputs.append(h)
-        xs = outputs
-    return np.array(xs) @ a[-2] + a[-1]
+    """The documented step in float64 (test_folkrnn_model's independent numpy implementation)."""
+    return numpy_folkrnn([np.asarray(a, dtype=np.float64) for a in arrays], np.asarray(token_ids))[0]
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import run_snakemake
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "envs"))
 
 
 def snakemake(*args, cwd=ROOT):
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(cwd), *args],
-        capture_output=True, text=True, timeout=300,
-    )
+    return run_snakemake(cwd, *args, timeout=300)
 
 
 def write_config(tmp_path, mutate):

@@ -1,14 +1,13 @@
 """The corpus download rule through the snakemake command, on file:// copies of real data."""
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+from conftest import run_snakemake
 from musinterp.corpus.store import load_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,9 +27,7 @@ def run_corpus_rule(workdir: Path, url: str, blob: str):
     }
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(path), "--cores", "1", "resources/corpora/folkwiki/tokens.h5"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return run_snakemake(workdir, "--cores", "1", "resources/corpora/folkwiki/tokens.h5", configfile=path, timeout=300)
 
 
 def test_download_rule_reads_folkwiki_completely(tmp_path):

@@ -4,19 +4,16 @@ The checkpoint is a folk-rnn pickle in the documented v2 layout with random weig
 file is not shipped); the corpus is a few tunes in folk-rnn token format.
 """
 
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
+from conftest import run_snakemake
 from musinterp.io import git_blob_id_file
 from musinterp.models import load
 from test_folkrnn_import import folkrnn_checkpoint, py2_pickle, reference_logits
 
-ROOT = Path(__file__).resolve().parents[1]
 TUNES = """M:4/4 K:Cmaj |: G, C 2 E C G, C E C | D 2 F D A, D F D :|
 
 M:3/4 K:Cmin c 2 B G | F E D 2 | C 6 |
@@ -45,9 +42,7 @@ def run(workdir, mirror, model_blob):
     }
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(path), "--cores", "1", "results/activations/v2/lstm2_h.h5"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return run_snakemake(workdir, "--cores", "1", "results/activations/v2/lstm2_h.h5", configfile=path, timeout=300)
 
 
 def logs(workdir):
