@@ -69,18 +69,14 @@ class _JumpReLUFunction(torch.autograd.Function):
         return grad_pre, grad_threshold, None
 
 
-class _StepFunction(torch.autograd.Function):
-    """``H(pre − θ)`` with the straight-through pseudo-derivative for θ (none for pre)."""
+class _StepFunction(_JumpReLUFunction):
+    """``H(pre − θ)`` with the straight-through pseudo-derivative for θ (none for pre).
+
+    Saves the same context as :class:`_JumpReLUFunction`; only forward and backward differ."""
 
     @staticmethod
     def forward(pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
         return (pre > threshold).to(pre.dtype)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        pre, threshold, bandwidth = inputs
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor):
