@@ -1,5 +1,7 @@
-"""Study S2 (folk-rnn dynamics): spectra, bar lengths and durations, copying counts, interventions."""
+"""Study S2 (folk-rnn dynamics): spectra, bar lengths and durations, copying counts, interventions,
+the files of rule s2_folkrnn and a notebook that only reads them."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,22 +10,33 @@ import pytest
 import torch
 
 from musinterp.analysis.folkrnn_copying import NgramIndex, bar_offsets, copying_table
-from musinterp.analysis.folkrnn_dynamics import (
-    UNIT_COLUMNS,
+from musinterp.analysis.folkrnn_dynamics import run_s2
+from musinterp.analysis.folkrnn_interventions import (
+    bar_line_probabilities,
+    clamp_units,
+    intervention_experiment,
+)
+from musinterp.analysis.folkrnn_outputs import (
+    OUTPUTS,
+    output_paths,
+    read_s2,
+    write_outputs,
+)
+from musinterp.analysis.folkrnn_tunes import (
+    BLOG_REEL,
     TuneRun,
     bar_durations,
     bar_length,
-    bar_line_probabilities,
-    clamp_units,
-    dominant_period,
     generate_tune,
-    intervention_experiment,
     log10_probabilities,
     parse_tune,
     read_tunes,
-    run_s2,
     teacher_force,
     tune_tokens,
+)
+from musinterp.analysis.folkrnn_units import (
+    UNIT_COLUMNS,
+    dominant_period,
     unit_spectra,
     unit_table,
 )
@@ -66,7 +79,7 @@ def test_unit_table_flags_bar_periodic_dead_and_saturated_units():
                   np.full(T, 0.01), np.full(T, 0.995) * np.sign(np.cos(np.arange(T)))], axis=1)
     run = TuneRun(tokens=["<s>"] + ["C"] * T, states={"lstm0_h": h.astype(np.float32)},
                   probs=np.full((T, 3), 1 / 3))
-    table, spectra = unit_table(run, bar_len=9, tune="synthetic")
+    table, _spectra = unit_table(run, bar_len=9, tune="synthetic")
     assert list(table.columns) == UNIT_COLUMNS
     assert table["bar_periodic"].tolist() == [True, False, False, False]
     assert table["is_dead"].tolist() == [False, False, True, False]
@@ -88,6 +101,7 @@ def test_bar_length_of_the_blog_reel_is_nine():
         pytest.skip(f"{BLOG_TUNE} is absent (the shared data folder is not checked out next to the repo)")
     (tune,) = read_tunes(BLOG_TUNE)
     tokens = tune_tokens(tune)
+    assert tokens == tune_tokens(BLOG_REEL)  # the library's default tune is the blog's
     assert bar_length(tokens) == 9
     bars = bar_durations(tokens)
     evaluated = bars[bars.evaluated]
@@ -191,7 +205,7 @@ def test_clamp_sets_only_the_listed_units(tiny_model):
     model, vocab = tiny_model
     ids = torch.tensor([parse_tune(CORPUS_TUNES[1], vocab)])
     seen = {}
-    observe = lambda _m, _i, out: seen.__setitem__("h", out[0].detach().clone())  # noqa: E731
+    observe = lambda _m, _i, out: seen.__setitem__("h", out[0].detach().clone())
     handle = model.lstms[0].register_forward_hook(observe)
     try:
         model(ids)
@@ -213,7 +227,7 @@ def test_intervention_experiment_rows(tiny_model):
     tokens = tune_tokens(CORPUS_TUNES[0])
     run = teacher_force(model, vocab, tokens)
     table, _ = unit_table(run, bar_length(tokens), tune="t0")
-    kwargs = dict(seeds=[0, 1], modes=["zero"], n_generate=2, max_len=30, tune="t0")
+    kwargs = {"seeds": [0, 1], "modes": ["zero"], "n_generate": 2, "max_len": 30, "tune": "t0"}
     none = intervention_experiment(model, vocab, tokens, table, run, units={}, **kwargs)
     metric_cols = ["p_bar_line_at_bar_ends", "nll", "mean_length", "n_bars_evaluated"]
     for _, rows in none.groupby("seed"):
@@ -242,3 +256,85 @@ def test_run_s2_writes_the_tables(tiny_subject, tmp_path):
     assert result.analyses["waltz"].log10p.shape == (len(tune_tokens("M:3/4 K:Cmin c 2 B G | F E D 2 | C 6 |")) - 1,
                                                      len(corpus.vocab))
     assert set(result.interventions.condition) == {"clean", "bar_periodic", "random"}
+
+
+def test_the_old_module_still_exports_the_study():
+    from musinterp.analysis import (
+        folkrnn_dynamics,
+        folkrnn_interventions,
+        folkrnn_tunes,
+        folkrnn_units,
+    )
+
+    assert folkrnn_dynamics.unit_table is folkrnn_units.unit_table
+    assert folkrnn_dynamics.clamp_units is folkrnn_interventions.clamp_units
+    assert folkrnn_dynamics.teacher_force is folkrnn_tunes.teacher_force
+    assert folkrnn_dynamics.LOG10_FLOOR == -10.0 and folkrnn_dynamics.SMALL == 0.07
+
+
+# --- the files of rule s2_folkrnn and the notebook ---------------------------------------------
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "workflow" / "notebooks" / "s2_folkrnn.py"
+WALTZ = "M:3/4 K:Cmin c 2 B G | F E D 2 | C 6 |"
+
+
+@pytest.fixture()
+def s2_files(tiny_subject, tmp_path):
+    """The files of rule s2_folkrnn for the tiny subject, written with write_outputs."""
+    root, _corpus = tiny_subject
+    result = run_s2(root / "model", root / "corpus", {"waltz": WALTZ}, seed=1, intervention_seeds=[0, 1],
+                    ngram=[3], tables_dir=tmp_path / "tables", n_generate=1, max_len=40, intervention_units=2)
+    written = write_outputs(result, output_paths(tmp_path / "s2"))
+    return result, written, tmp_path
+
+
+def test_write_outputs_tables_are_those_of_run_s2(s2_files):
+    _result, written, tmp_path = s2_files
+    assert set(written) == set(OUTPUTS)
+    for stem in ("units", "interventions", "copying", "summary"):
+        assert written[stem].read_bytes() == (tmp_path / "tables" / f"{stem}.tsv").read_bytes(), stem
+    assert not list((tmp_path / "s2").glob(".*part"))  # atomic writes leave no temporary file
+
+
+def test_read_s2_gives_back_what_the_figures_need(s2_files):
+    result, _written, tmp_path = s2_files
+    out = read_s2(tmp_path / "s2")
+    assert list(out.tunes) == list(result.analyses) == ["generated", "waltz"]
+    assert out.vocab == result.vocab and out.generated == "generated"
+    assert out.parameters["seed"] == 1 and out.parameters["tunes"] == {"waltz": " ".join(tune_tokens(WALTZ))}
+    assert {"generate", "analyse", "interventions", "copying", "total"} <= set(out.seconds)
+    for name, a in result.analyses.items():
+        b = out.tunes[name]
+        assert b.tokens == a.tokens and b.emitted == a.run.emitted and b.bar_length == a.bar_length
+        np.testing.assert_array_equal(b.log10p, a.log10p)
+        assert b.n_layers == a.run.n_layers == 2
+        for layer in range(2):
+            np.testing.assert_array_equal(b.acts(layer), a.run.acts(layer))
+            np.testing.assert_array_equal(b.spectra[layer].db, a.spectra[layer].db)
+            np.testing.assert_array_equal(b.spectra[layer].cut(), a.spectra[layer].cut())
+            np.testing.assert_array_equal(b.spectra[layer].periods, a.spectra[layer].periods)
+            np.testing.assert_array_equal(b.spectra[layer].dominant_period, a.spectra[layer].dominant_period)
+        assert b.trace_units == a.trace_units
+        pd.testing.assert_frame_equal(b.traces, a.traces, check_dtype=False)
+        pd.testing.assert_frame_equal(b.bars, a.bars, check_dtype=False)
+        pd.testing.assert_frame_equal(b.units, a.units.reset_index(drop=True), check_dtype=False)
+    pd.testing.assert_frame_equal(out.summary, result.summary, check_dtype=False)
+    pd.testing.assert_frame_equal(out.intervention_summary, result.intervention_summary, check_dtype=False)
+    pd.testing.assert_frame_equal(out.interventions, result.interventions, check_dtype=False)
+
+
+def test_the_notebook_only_reads_the_files(s2_files):
+    from musinterp.notebooks import execute_notebook
+
+    source = NOTEBOOK.read_text(encoding="utf-8")
+    for forbidden in ("load(", "run_s2(", "musinterp.models", "import torch", "folkrnn_dynamics import"):
+        assert forbidden not in source, forbidden
+    _, _written, tmp_path = s2_files
+    # only the rule's files: no model, no corpus, no tables of run_s2 anywhere near
+    for folder in ("model", "corpus", "tables"):
+        shutil.rmtree(tmp_path / folder)
+    out = tmp_path / "nb" / "s2.ipynb"
+    execute_notebook(NOTEBOOK, out, {"subject": "tiny", "s2_dir": str(tmp_path / "s2")}, cwd=tmp_path)
+    text = out.read_text(encoding="utf-8")
+    assert text.count("image/png") >= 5
+    assert "Findings, beside Sturm" in text and "217 of 23,636" in text

@@ -15,31 +15,18 @@
 #
 # After Bob Sturm's blog series "making sense of the folk-rnn v2 model". We look inside one
 # folk-rnn model (an LSTM that writes tunes one ABC token at a time) while it reads a tune it
-# generated itself and the tunes given in the parameters: what it expects next at every step, how
-# busy its units are, which units pulse once per bar, what happens to the bar lines when those
-# units are silenced, and whether the generated tune copies bars from the training tunes.
-# Every number comes from `musinterp.analysis.folkrnn_dynamics.run_s2`, which also writes the
-# tables (`units.tsv`, `interventions.tsv`, `copying.tsv`, `summary.tsv`) to `tables_dir`.
+# generated itself and the tunes of the subject's `s2:` section (by default Sturm's C-major reel):
+# what it expects next at every step, how busy its units are, which units pulse once per bar, what
+# happens to the bar lines when those units are silenced, and whether the generated tune copies
+# bars from the training tunes. The study itself runs in the workflow rule `s2_folkrnn`
+# (`musinterp.analysis.folkrnn_dynamics.run_s2`), which writes the tables (`units.tsv`,
+# `interventions.tsv`, `copying.tsv`, `summary.tsv`, `intervention_summary.tsv`, `bars.tsv`) and
+# the arrays behind the figures (`arrays.npz`, `s2.json`) to `s2_dir`; this notebook only reads
+# those files and plots them, and every number below comes from them.
 
 # %% tags=["parameters"]
 subject = "folkrnn_small"
-model_dir = "results/models/folkrnn_small"
-corpus_dir = "resources/corpora/embedded_folk"
-# name -> tune in plain folk-rnn tokens; the default is the C-major reel of Sturm's blog
-tunes = {
-    "blog_reel": "M:4/4 K:Cmaj B, | G, C C 2 G, C E C | G, C E G F D B, D | G, C C 2 G, C E G | F E D E C E A, B, "
-    "| G, C C 2 G, C E C | G, C E F G 3 A | B c d B c B G F | D E F D C 3 :| |: D | E C C 2 D B, G, A, "
-    "| B, C D E F 2 D F | E C C 2 D E F D | G ^F G A B 2 A B | G c c B c 2 B c | d e d c B d c B "
-    "| G E F D G F D F | E C B, D C 3 :|",
-}
-seed = 0  # seeds the generated tune
-temperature = 1.0
-intervention_seeds = [0, 1, 2, 3, 4]
-ngram = [4, 5, 6, 7, 8]
-tables_dir = "results/analyses/folkrnn_small/s2"
-n_generate = 10  # tunes generated per seed and condition in the intervention experiment
-intervention_units = None  # None: the bar-periodic units; k: the k units strongest at the bar period
-max_len = 512
+s2_dir = "results/analyses/folkrnn_small/s2"  # the files of rule s2_folkrnn
 
 # %%
 import logging
@@ -49,26 +36,42 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from musinterp.analysis import folkrnn_dynamics as s2
+from musinterp.analysis.folkrnn_outputs import read_s2
+from musinterp.analysis.folkrnn_tunes import BAR_TYPES, LOG10_FLOOR
+from musinterp.analysis.folkrnn_units import (
+    DB_CUT,
+    DEAD,
+    LARGE,
+    SATURATED,
+    SMALL,
+    activation_distribution,
+)
 from musinterp.corpus.tokens import token_type
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
 pd.set_option("display.max_colwidth", 100)
 plt.rcParams.update({"figure.dpi": 90, "figure.figsize": (10, 3.5)})
 
-result = s2.run_s2(
-    model_dir, corpus_dir, tunes, seed=seed, temperature=temperature, intervention_seeds=intervention_seeds,
-    ngram=ngram, tables_dir=tables_dir, n_generate=n_generate, intervention_units=intervention_units,
-    max_len=max_len, subject=subject,
-)
-analyses = result.analyses
+result = read_s2(s2_dir)
+analyses = result.tunes
+seconds = result.seconds
+params = result.parameters
 display(Markdown(
-    f"**Subject:** `{subject}`; {len(analyses)} tunes analysed in {result.seconds['total']:.0f} s "
-    f"(interventions {result.seconds['interventions']:.0f} s, copying {result.seconds['copying']:.0f} s)."
+    f"**Subject:** `{subject}`; {len(analyses)} tunes analysed in {seconds.get('total', float('nan')):.0f} s "
+    f"(interventions {seconds.get('interventions', float('nan')):.0f} s, "
+    f"copying {seconds.get('copying', float('nan')):.0f} s); the tune `{result.generated}` was generated "
+    f"with seed {params.get('seed')} at temperature {params.get('temperature')}."
 ))
 for name, a in analyses.items():
     display(Markdown(f"**{name}** ({len(a.tokens) - 2} tokens, bar length {a.bar_length} tokens): "
                      f"`{' '.join(a.tokens[1:-1] if a.tokens[-1] == '</s>' else a.tokens[1:])}`"))
+
+
+def last_layer(name: str) -> pd.Series:
+    """The summary.tsv row of a tune's last layer."""
+    rows = result.summary[result.summary.tune == name]
+    return rows.loc[rows.layer.idxmax()]
+
 
 # %% [markdown]
 # ## What the model expects at every step
@@ -79,10 +82,10 @@ for name, a in analyses.items():
 
 # %%
 for name, a in analyses.items():
-    fig, ax = plt.subplots(figsize=(max(10, 0.09 * len(a.run.emitted)), 0.09 * len(result.vocab) + 1.5))
-    im = ax.imshow(a.log10p.T, aspect="auto", cmap="magma", vmin=s2.LOG10_FLOOR, vmax=0, interpolation="nearest")
+    fig, ax = plt.subplots(figsize=(max(10, 0.09 * len(a.emitted)), 0.09 * len(result.vocab) + 1.5))
+    im = ax.imshow(a.log10p.T, aspect="auto", cmap="magma", vmin=LOG10_FLOOR, vmax=0, interpolation="nearest")
     ax.set_yticks(range(len(result.vocab)), result.vocab, fontsize=5)
-    ax.set_xticks(range(len(a.run.emitted)), a.run.emitted, fontsize=5, rotation=90)
+    ax.set_xticks(range(len(a.emitted)), a.emitted, fontsize=5, rotation=90)
     ax.set(title=f"{name}: log10 P(token) at each step", xlabel="emitted symbol", ylabel="vocabulary")
     fig.colorbar(im, ax=ax, fraction=0.02, label="log10 probability")
     plt.tight_layout()
@@ -99,14 +102,15 @@ for name, a in analyses.items():
 display(result.summary[["tune", "layer", "n_steps", "share_small", "share_large", "n_dead", "n_saturated",
                         "n_bar_periodic"]].style.format({"share_small": "{:.1%}", "share_large": "{:.1%}"}))
 for name, a in analyses.items():
-    acts = a.run.acts(-1)
-    d = a.distribution
+    acts = a.acts(-1)
+    d = activation_distribution(acts)  # the sorted traces; the shares come from summary.tsv
+    row = last_layer(name)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
     axes[0].hist(acts.ravel(), bins=80, color="steelblue")
-    for x in (-s2.SMALL, s2.SMALL, -s2.LARGE, s2.LARGE):
+    for x in (-SMALL, SMALL, -LARGE, LARGE):
         axes[0].axvline(x, color="grey", lw=0.6, ls="--")
-    axes[0].set(title=f"{name}: last layer, |a|<{s2.SMALL}: {d['share_small']:.0%}, |a|>{s2.LARGE}: "
-                f"{d['share_large']:.0%}", xlabel="activation", ylabel="count")
+    axes[0].set(title=f"{name}: last layer, |a|<{SMALL}: {row.share_small:.0%}, |a|>{LARGE}: "
+                f"{row.share_large:.0%}", xlabel="activation", ylabel="count")
     axes[1].plot(d["sorted"].T, color="black", alpha=0.08, lw=0.7)
     axes[1].set(title="sorted activations, one line per step", xlabel="rank of unit", ylabel="activation")
     plt.tight_layout()
@@ -120,13 +124,13 @@ for name, a in analyses.items():
 
 # %%
 for name, a in analyses.items():
-    fig, axes = plt.subplots(1, a.run.n_layers, figsize=(4 * a.run.n_layers, 3), sharey=True)
-    for layer, ax in zip(range(a.run.n_layers), np.atleast_1d(axes)):
+    fig, axes = plt.subplots(1, a.n_layers, figsize=(4 * a.n_layers, 3), sharey=True)
+    for layer, ax in zip(range(a.n_layers), np.atleast_1d(axes)):
         t = a.units[a.units.layer == layer].sort_values("max_abs").reset_index(drop=True)
         colors = np.where(t.is_dead, "tab:red", np.where(t.is_saturated, "tab:orange", "tab:blue"))
         ax.bar(range(len(t)), t.max_abs, color=colors, width=1.0)
-        ax.axhline(s2.DEAD, color="tab:red", lw=0.7, ls="--")
-        ax.axhline(s2.SATURATED, color="tab:orange", lw=0.7, ls="--")
+        ax.axhline(DEAD, color="tab:red", lw=0.7, ls="--")
+        ax.axhline(SATURATED, color="tab:orange", lw=0.7, ls="--")
         ax.set(title=f"{name}: layer {layer} ({int(t.is_dead.sum())} dead, {int(t.is_saturated.sum())} saturated)",
                xlabel="units sorted by max |a|", ylabel="max |a|" if layer == 0 else None)
     plt.tight_layout()
@@ -146,12 +150,12 @@ for name, a in analyses.items():
 
 # %%
 for name, a in analyses.items():
-    fig, axes = plt.subplots(1, a.run.n_layers, figsize=(4.5 * a.run.n_layers, 4), sharey=True)
-    for layer, ax in zip(range(a.run.n_layers), np.atleast_1d(axes)):
+    fig, axes = plt.subplots(1, a.n_layers, figsize=(4.5 * a.n_layers, 4), sharey=True)
+    for layer, ax in zip(range(a.n_layers), np.atleast_1d(axes)):
         spec = a.spectra[layer]
         order = np.argsort(-np.nan_to_num(spec.dominant_period, nan=0.0))  # long periods (left) on top
         keep = spec.periods <= 64  # periods up to 64 tokens
-        im = ax.imshow(spec.cut()[order][:, keep], aspect="auto", cmap="viridis", vmin=s2.DB_CUT, vmax=0,
+        im = ax.imshow(spec.cut()[order][:, keep], aspect="auto", cmap="viridis", vmin=DB_CUT, vmax=0,
                        interpolation="nearest", extent=(spec.bins[keep][0] - 0.5, spec.bins[keep][-1] + 0.5,
                                                         len(order), 0))
         ticks = [p for p in (32, 16, 12, 9, 8, 6, 4.5, 4, 3, 2) if spec.periods[keep].min() <= p]
@@ -182,14 +186,14 @@ plt.show()
 for name, a in analyses.items():
     if a.traces.empty:
         continue
-    fig, ax = plt.subplots(figsize=(max(10, 0.09 * len(a.run.emitted)), 3.5))
+    fig, ax = plt.subplots(figsize=(max(10, 0.09 * len(a.emitted)), 3.5))
     for (layer, unit), g in a.traces.groupby(["layer", "unit"], sort=False):
         ax.plot(g.step, g.activation, lw=1, label=f"layer {layer} unit {unit}")
-    for step, sym in enumerate(a.run.emitted):
-        if token_type(sym) in s2.BAR_TYPES:
+    for step, sym in enumerate(a.emitted):
+        if token_type(sym) in BAR_TYPES:
             ax.axvline(step, color="grey", lw=0.5)
-    ax.set_xticks(range(len(a.run.emitted)), a.run.emitted, fontsize=5, rotation=90)
-    ax.set(title=f"{name}: unit traces", ylabel="activation", xlim=(-0.5, len(a.run.emitted) - 0.5))
+    ax.set_xticks(range(len(a.emitted)), a.emitted, fontsize=5, rotation=90)
+    ax.set(title=f"{name}: unit traces", ylabel="activation", xlim=(-0.5, len(a.emitted) - 0.5))
     ax.legend(fontsize=7, loc="upper right")
     plt.tight_layout()
     plt.show()
@@ -258,3 +262,44 @@ for name in analyses:
         display(share.style.format({"found_anywhere": "{:.0%}", "found_same_position": "{:.0%}"}))
         top = grams[grams.n == grams.n.max()].sort_values("n_tunes", ascending=False)
         display(top[["n", "text", "n_tunes", "n_tunes_same_position", "examples"]].head(8).reset_index(drop=True))
+
+# %% [markdown]
+# ## Findings, beside Sturm's
+# The same numbers as above, read from the tables, next to what Sturm reported for folk-rnn v2.
+
+# %%
+lines = []
+for name in analyses:
+    row = last_layer(name)
+    lines.append(f"- **{name}**, last layer: {row.share_small:.0%} of the activations have |a| < {SMALL} and "
+                 f"{row.share_large:.0%} have |a| > {LARGE}; {int(row.n_dead)} of {int(row.n_units)} units are dead "
+                 f"and {int(row.n_saturated)} saturated (Sturm: the last layer of v2 is sparse, most values near "
+                 "zero and a few near ±1).")
+for name, g in result.summary.groupby("tune", sort=False):
+    bar_len = g.bar_length.iloc[0]
+    bar_text = "no bar length" if pd.isna(bar_len) else f"bar length {int(bar_len)} tokens"
+    lines.append(f"- **{name}** ({bar_text}): {int(g.n_bar_periodic.sum())} of {int(g.n_units.sum())} units "
+                 "have their dominant period at the bar (Sturm: units of v2 pulse once per bar, 9 tokens "
+                 "in a reel: 8 notes and the bar line).")
+
+
+def share(x: float) -> str:
+    return "n/a (no bar could be judged)" if pd.isna(x) else f"{x:.0%}"
+
+
+summ = result.intervention_summary
+if not summ.empty:
+    for (tune_name, cond, mode), r in summ.set_index(["tune", "condition", "mode"]).iterrows():
+        label = cond if not mode else f"{cond} ({mode})"
+        lines.append(f"- interventions on **{tune_name}**, {label}, {r.n_units:.0f} units: P(bar line) where the "
+                     f"tune has one {r.p_bar_line_at_bar_ends_mean:.3f}, elsewhere {r.p_bar_line_elsewhere_mean:.3f}; "
+                     f"generated bars of the right length {share(r.share_bars_correct_mean)} "
+                     f"(mean over {int(r.n_seeds)} seeds).")
+cp_bars = result.copying[result.copying.kind == "bar"]
+for name, t in cp_bars.groupby("tune", sort=False):
+    grams = result.copying[(result.copying.tune == name) & (result.copying.kind == "ngram")]
+    most = (f"; the most common {int(grams.n.max())}-gram is in {int(grams[grams.n == grams.n.max()].n_tunes.max())} "
+            "training tunes" if len(grams) else "")
+    lines.append(f"- copying, **{name}**: {int((t.n_tunes > 0).sum())} of {len(t)} bars occur in a training tune"
+                 f"{most} (Sturm: one figure of a v2 tune in 217 of 23,636 training tunes).")
+display(Markdown("\n".join(lines)))

@@ -44,14 +44,12 @@ rule render_notebook:
         "../scripts/render_notebook.py"
 
 
-rule s2_folkrnn_notebook:
+rule s2_folkrnn:
     input:
-        notebook=workflow.source_path("../notebooks/s2_folkrnn.py"),
         model="results/models/{subject}/model.pt",
         meta="results/models/{subject}/model.json",
         tokens=lambda w: f"{corpus_dir(w.subject)}/tokens.h5",
     output:
-        notebook="results/notebooks/{subject}_s2_folkrnn.ipynb",
         units=report(
             "results/analyses/{subject}/s2/units.tsv",
             caption="../report/s2_tables.rst",
@@ -66,10 +64,14 @@ rule s2_folkrnn_notebook:
         ),
         copying="results/analyses/{subject}/s2/copying.tsv",
         summary="results/analyses/{subject}/s2/summary.tsv",
+        intervention_summary="results/analyses/{subject}/s2/intervention_summary.tsv",
+        bars="results/analyses/{subject}/s2/bars.tsv",
+        arrays="results/analyses/{subject}/s2/arrays.npz",
+        meta="results/analyses/{subject}/s2/s2.json",
     log:
-        "results/logs/notebooks/{subject}_s2_folkrnn.log",
+        "results/logs/analyses/{subject}_s2_folkrnn.log",
     benchmark:
-        "results/benchmarks/notebooks/{subject}_s2_folkrnn.tsv"
+        "results/benchmarks/analyses/{subject}_s2_folkrnn.tsv"
     conda:
         ENV
     threads: 1
@@ -79,4 +81,32 @@ rule s2_folkrnn_notebook:
     params:
         s2=lambda w: s2_parameters(w.subject),
     script:
-        "../scripts/run_s2_notebook.py"
+        "../scripts/s2_folkrnn.py"
+
+
+# The notebook only reads the files of s2_folkrnn and plots: re-rendering it never re-runs the study.
+rule s2_folkrnn_notebook:
+    input:
+        notebook=workflow.source_path("../notebooks/s2_folkrnn.py"),
+        units="results/analyses/{subject}/s2/units.tsv",
+        interventions="results/analyses/{subject}/s2/interventions.tsv",
+        copying="results/analyses/{subject}/s2/copying.tsv",
+        summary="results/analyses/{subject}/s2/summary.tsv",
+        intervention_summary="results/analyses/{subject}/s2/intervention_summary.tsv",
+        bars="results/analyses/{subject}/s2/bars.tsv",
+        arrays="results/analyses/{subject}/s2/arrays.npz",
+        meta="results/analyses/{subject}/s2/s2.json",
+    output:
+        notebook="results/notebooks/{subject}_s2_folkrnn.ipynb",
+    log:
+        "results/logs/notebooks/{subject}_s2_folkrnn.log",
+    benchmark:
+        "results/benchmarks/notebooks/{subject}_s2_folkrnn.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    script:
+        "../scripts/s2_folkrnn_notebook.py"
