@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from test_sae_relu_l1 import raw_acts, write_acts
 
 from musinterp.sae import ReluL1SAE, train_sae
-from musinterp.sae import trainer
+from musinterp.sae import store, trainer
 from musinterp.sae.trainer import CHECKPOINT_FILE, LOG_FILE, checkpoint_dir_for
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -49,7 +49,7 @@ class ForeverDead(ReluL1SAE):
 @pytest.fixture()
 def small_blocks(monkeypatch):
     """One HDF5 chunk (64 rows) per block, so the shuffle has several fills per epoch."""
-    monkeypatch.setattr(trainer, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(store, "BLOCK_BYTES", 1)
 
 
 class CheckpointKiller:

@@ -32,6 +32,8 @@ so a revived latent starts as a detector of an input the dictionary misses.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -42,6 +44,9 @@ from torch import nn
 # std; "scalar" multiplies every input by one number s, chosen so that E‖s·x‖² = d_in over the
 # training tokens (SAELens's "expected_average_only_in", with the root mean square norm).
 INPUT_NORMALISATIONS = ("per_dimension", "scalar")
+
+# Fields of every architecture's config dataclass that come from the data, not from settings.
+DIMENSION_FIELDS = ("d_in", "d_sae")
 
 RESAMPLE_ENCODER_SCALE = 0.2  # Anthropic's factor for a revived latent's encoder column
 
@@ -88,8 +93,12 @@ class SparseAutoencoder(nn.Module):
 
     The interface the shared trainer relies on (:mod:`musinterp.sae.trainer`):
 
-    - ``config_from_settings(d_in, d_sae, settings)`` (classmethod): the architecture's config
-      dataclass from the trainer's settings, validated (raises ``ValueError``);
+    - ``config_class``: the architecture's config dataclass. Its fields are ``d_in``, ``d_sae``
+      and the architecture's own settings with their defaults; ``__post_init__`` validates them
+      (raises ``ValueError``). :meth:`setting_names` lists those settings; the trainer passes
+      each architecture only its own (:mod:`musinterp.sae.settings`);
+    - ``config_from_settings(d_in, d_sae, settings)`` (classmethod): the config from a mapping of
+      the architecture's settings (a value of ``None`` means "the default");
     - ``from_settings(d_in, d_sae, settings, generator, input_mean)`` (classmethod): a fresh model;
       ``input_mean`` is the mean of the normalised training inputs (decoder-bias initialisation);
     - ``encode``, ``decode``, ``forward`` (→ ``x̂, z``): inference, in the normalised space;
@@ -108,8 +117,6 @@ class SparseAutoencoder(nn.Module):
     apply_b_dec_to_input: bool = True
     # names of the parts training_loss reports, in order (the training log's columns)
     loss_parts: tuple[str, ...] = ()
-    # settings (TrainSettings field names) this architecture reads; the trainer refuses the others
-    settings_used: tuple[str, ...] = ()
 
     cfg: Any
     W_enc: nn.Parameter
@@ -120,16 +127,26 @@ class SparseAutoencoder(nn.Module):
     # --- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def config_from_settings(cls, d_in: int, d_sae: int, settings: Any):
-        values = {name: getattr(settings, name) for name in cls.settings_used}
-        return cls.config_class(d_in=d_in, d_sae=d_sae, **{k: v for k, v in values.items() if v is not None})
+    def setting_names(cls) -> tuple[str, ...]:
+        """The architecture's own settings: its config dataclass's fields but ``d_in``, ``d_sae``."""
+        return tuple(f.name for f in dataclasses.fields(cls.config_class) if f.name not in DIMENSION_FIELDS)
+
+    @classmethod
+    def config_from_settings(cls, d_in: int, d_sae: int, settings: Mapping[str, Any]):
+        """The validated config; ``settings`` holds only this architecture's settings (see
+        :meth:`setting_names`), where ``None`` means the config dataclass's default."""
+        unknown = sorted(set(settings) - set(cls.setting_names()))
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no settings {unknown}; its settings: {list(cls.setting_names())}")
+        given = {name: value for name, value in settings.items() if value is not None}
+        return cls.config_class(d_in=d_in, d_sae=d_sae, **given)
 
     @classmethod
     def from_settings(
         cls,
         d_in: int,
         d_sae: int,
-        settings: Any,
+        settings: Mapping[str, Any],
         generator: torch.Generator | None = None,
         input_mean: torch.Tensor | None = None,
     ):

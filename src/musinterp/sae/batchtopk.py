@@ -29,7 +29,9 @@ from musinterp.sae.topk import TopKConfig, TopKSAE
 
 @dataclass
 class BatchTopKConfig(TopKConfig):
-    threshold_rate: float = 0.01
+    """The topk settings plus the rate of the global threshold's moving average."""
+
+    threshold_rate: float = 0.01  # r in θ ← (1 − r) · θ + r · min{z > 0}
 
     def __post_init__(self):
         super().__post_init__()
@@ -42,7 +44,6 @@ class BatchTopKSAE(TopKSAE):
 
     config_class = BatchTopKConfig
     saelens_architecture = "jumprelu"
-    settings_used = ("k", "aux_coeff", "k_aux", "threshold_rate")
 
     threshold: torch.Tensor
     threshold_updates: torch.Tensor

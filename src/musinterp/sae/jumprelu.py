@@ -40,7 +40,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from musinterp.sae.base import LossOutput, SparseAutoencoder, check_dimensions, zero_adam_moments
+from musinterp.sae.base import (
+    LossOutput,
+    SparseAutoencoder,
+    check_dimensions,
+    zero_adam_moments,
+)
 
 
 def rectangle(u: torch.Tensor) -> torch.Tensor:
@@ -96,11 +101,13 @@ def step(pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.
 
 @dataclass
 class JumpReLUConfig:
+    """The jumprelu settings (every field but ``d_in``, ``d_sae``), their defaults and checks."""
+
     d_in: int
     d_sae: int
-    l0_coeff: float = 1e-2
-    bandwidth: float = 0.05
-    threshold_init: float = 0.5
+    l0_coeff: float = 1e-2  # weight of the L0 penalty
+    bandwidth: float = 0.05  # ε, the width of the straight-through kernel
+    threshold_init: float = 0.5  # initial θ of every latent
 
     def __post_init__(self):
         check_dimensions(self.d_in, self.d_sae)
@@ -120,7 +127,6 @@ class JumpReLUSAE(SparseAutoencoder):
     input_normalisation = "scalar"
     apply_b_dec_to_input = True
     loss_parts = ("mse", "l0")
-    settings_used = ("l0_coeff", "bandwidth", "threshold_init")
 
     def __init__(
         self,

@@ -14,6 +14,8 @@ these are the numbers a user of the saved SAE measures. The held-out set may not
 so :class:`MetricsAccumulator` keeps only sums: per-dimension means and squared deviations are
 merged batch by batch (Chan et al.'s parallel variance update, in float64), which gives x̄ and
 Σ‖x − x̄‖² without a second pass and without the cancellation of Σx² − n·x̄².
+:func:`evaluate` runs an SAE that reads normalised inputs over raw held-out rows and accumulates
+these metrics of its raw-space reconstructions.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+
+from musinterp.sae.allocator import release_free_memory
 
 DENSE_THRESHOLD = 0.1
 
@@ -108,4 +112,25 @@ def compute_metrics(x, x_hat, z, dense_threshold: float = DENSE_THRESHOLD) -> SA
     z = _as_tensor(z)
     acc = MetricsAccumulator(x.shape[1], z.shape[1], dense_threshold)
     acc.update(x, x_hat, z)
+    return acc.result()
+
+
+EVAL_BATCH_ROWS = 8192
+
+
+@torch.no_grad()
+def evaluate(sae: torch.nn.Module, row_blocks, shift: torch.Tensor, divisor: torch.Tensor) -> SAEMetrics:
+    """Held-out metrics of ``sae`` (which reads ``(x − shift) / divisor``) on raw activations
+    ``row_blocks`` (float32 arrays [rows, d_in]), fed :data:`EVAL_BATCH_ROWS` rows at a time."""
+    device = shift.device
+    release_free_memory()
+    acc = MetricsAccumulator(sae.cfg.d_in, sae.cfg.d_sae)
+    was_training = sae.training
+    sae.eval()
+    for rows in row_blocks:
+        for i in range(0, len(rows), EVAL_BATCH_ROWS):
+            x = torch.from_numpy(rows[i : i + EVAL_BATCH_ROWS]).to(device)
+            x_hat_n, z = sae((x - shift) / divisor)
+            acc.update(x, x_hat_n * divisor + shift, z)
+    sae.train(was_training)
     return acc.result()

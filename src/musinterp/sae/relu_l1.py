@@ -24,6 +24,7 @@ A run that wants fewer dead latents sets ``resample_every``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,29 +34,33 @@ from musinterp.sae.base import LossOutput, SparseAutoencoder, check_dimensions
 
 # The S1 recipe (DESIGN.md, "SAE engine"), with width 4 · d_in (512 → 2048 in the study): Adam at a
 # constant learning rate, no warm-up or decay, no resampling.
-S1_PRESET = dict(
-    arch="relu_l1",
-    l1_coeff=1e-3,
-    lr=1e-3,
-    batch_size=2048,
-    epochs=2,
-    warmup_fraction=0.0,
-    decay_fraction=0.0,
-    resample_every=None,
-)
+S1_PRESET = {
+    "arch": "relu_l1",
+    "l1_coeff": 1e-3,
+    "lr": 1e-3,
+    "batch_size": 2048,
+    "epochs": 2,
+    "warmup_fraction": 0.0,
+    "decay_fraction": 0.0,
+    "resample_every": None,
+}
 
 
 @dataclass
 class ReluL1Config:
+    """The relu_l1 settings (every field but ``d_in``, ``d_sae``), their defaults and checks."""
+
     d_in: int
     d_sae: int
-    l1_coeff: float = 1e-3
-    encoder_bias_init: float = -1.0
+    l1_coeff: float = 1e-3  # weight of the L1 penalty
+    encoder_bias_init: float = -1.0  # initial value of every b_enc entry
 
     def __post_init__(self):
         check_dimensions(self.d_in, self.d_sae)
         if not self.l1_coeff >= 0:
             raise ValueError(f"l1_coeff must be >= 0, got {self.l1_coeff}")
+        if not math.isfinite(self.encoder_bias_init):
+            raise ValueError(f"encoder_bias_init must be a finite number, got {self.encoder_bias_init}")
 
 
 class ReluL1SAE(SparseAutoencoder):
@@ -66,7 +71,6 @@ class ReluL1SAE(SparseAutoencoder):
     input_normalisation = "per_dimension"
     apply_b_dec_to_input = False
     loss_parts = ("mse", "l1")
-    settings_used = ("l1_coeff",)
 
     def __init__(
         self,

@@ -61,11 +61,13 @@ def check_topk_widths(name: str, d_in: int, d_sae: int, k) -> None:
 
 @dataclass
 class TopKConfig:
+    """The topk settings (every field but ``d_in``, ``d_sae``), their defaults and checks."""
+
     d_in: int
     d_sae: int
-    k: int | None = None  # required; None only so that a missing k gets a clear error
-    aux_coeff: float = DEFAULT_AUX_COEFF
-    k_aux: int | None = None  # None: d_in // 2 (at least 1)
+    k: int | None = None  # latents kept per token: required; None only so that a missing k gets a clear error
+    aux_coeff: float = DEFAULT_AUX_COEFF  # weight of the AuxK loss
+    k_aux: int | None = None  # dead latents used by AuxK; None: d_in // 2 (at least 1), capped at d_sae
 
     def __post_init__(self):
         check_topk_widths(type(self).__name__.removesuffix("Config").lower(), self.d_in, self.d_sae, self.k)
@@ -106,7 +108,6 @@ class TopKSAE(SparseAutoencoder):
     input_normalisation = "scalar"
     apply_b_dec_to_input = True
     loss_parts = ("mse", "auxk")
-    settings_used = ("k", "aux_coeff", "k_aux")
 
     def __init__(
         self,
