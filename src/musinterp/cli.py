@@ -54,16 +54,24 @@ def _activations_record(args) -> None:
 
 
 def _sae_train(args) -> None:
+    from .sae.settings import setting_names
     from .sae.trainer import train_sae
 
-    metrics = train_sae(args.acts, args.out, arch=args.arch, width=args.width, k=args.k, l1_coeff=args.l1,
-                        l0_coeff=args.l0, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
-                        seed=args.seed, max_tokens=args.tokens, resample_every=args.resample_every)
+    # The setting flags default to argparse.SUPPRESS: only those given reach train_sae, and the
+    # others take the library's defaults (TrainSettings, the architectures' config dataclasses).
+    settings = {name: getattr(args, name) for name in setting_names() if hasattr(args, name)}
+    metrics = train_sae(args.acts, args.out, site=args.site, **settings)
     if args.model:
         from .splice import add_loss_recovered
 
-        metrics = add_loss_recovered(args.out, args.model, args.acts)
+        if metrics["site"] is None:
+            raise ValueError(f"{args.acts} has no site attribute: give --site to splice the SAE into {args.model}")
+        metrics = add_loss_recovered(args.out, args.model, args.acts, site=metrics["site"])
     print(json.dumps(metrics, indent=2))
+
+
+def _int_or_none(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
 
 
 def _features_build(args) -> None:
@@ -135,21 +143,42 @@ def parser() -> argparse.ArgumentParser:
     a.set_defaults(func=_activations_record)
 
     sae = stages.add_parser("sae", help="sparse autoencoders").add_subparsers(dest="action", required=True)
-    s = sae.add_parser("train", help="train an SAE on an activation file")
-    s.add_argument("acts")
-    s.add_argument("--arch", default="relu_l1", choices=["relu_l1", "topk", "batchtopk", "jumprelu"])
-    s.add_argument("--width", type=int, default=None, help="number of latents (default 4 x d)")
-    s.add_argument("--k", type=int, default=None, help="active latents per token (topk, batchtopk)")
-    s.add_argument("--l1", type=float, default=None, help="L1 coefficient (relu_l1; default 1e-3)")
-    s.add_argument("--l0", type=float, default=None, help="L0 coefficient (jumprelu)")
-    s.add_argument("--lr", type=float, default=1e-3)
-    s.add_argument("--batch-size", type=int, default=2048)
-    s.add_argument("--epochs", type=int, default=2)
-    s.add_argument("--resample-every", type=int, default=None, help="steps between dead-latent resampling")
-    s.add_argument("--tokens", type=int, default=None, help="train on at most this many tokens")
-    s.add_argument("--seed", type=int, default=0)
+    # Setting flags have no defaults (argparse.SUPPRESS): what is left out takes the library's
+    # default (musinterp.sae.settings.TrainSettings, the architectures' config dataclasses); each
+    # flag's dest is the setting's name. "none" gives None where a setting allows it.
+    s = sae.add_parser("train", help="train an SAE on an activation file", argument_default=argparse.SUPPRESS)
+    s.add_argument("acts", help="HDF5 file with /acts [n, d] and /tokens/piece, position, token (split optional)")
+    s.add_argument("--out", required=True, help="SAE directory to write")
+    s.add_argument("--site", default=None, help="site recorded in metrics.json (default: the file's site attribute)")
     s.add_argument("--model", default=None, help="model directory: also measure loss recovered by splicing")
-    s.add_argument("--out", required=True)
+    s.add_argument("--arch", help="architecture: relu_l1, topk, batchtopk or jumprelu")
+    s.add_argument("--width", type=_int_or_none, help="number of latents (none: 4 x d)")
+    s.add_argument("--lr", type=float, help="peak learning rate")
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--seed", type=int, help="initialisation, shuffle, resampling and the drawn split")
+    s.add_argument("--max-tokens", "--tokens", dest="max_tokens", type=_int_or_none,
+                   help="train on at most this many tokens")
+    s.add_argument("--warmup-fraction", type=float, help="share of the steps warming the learning rate up")
+    s.add_argument("--decay-fraction", type=float, help="share of the steps decaying it to 0")
+    s.add_argument("--dead-tokens", type=_int_or_none, help="tokens without firing after which a latent is dead")
+    s.add_argument("--resample-every", type=_int_or_none, help="steps between dead-latent resampling")
+    s.add_argument("--eval-every", type=int, help="steps between held-out evaluations")
+    s.add_argument("--eval-tokens", type=int, help="held-out rows of the periodic evaluations")
+    s.add_argument("--heldout-fraction", type=float, help="pieces held out when the file has no split column")
+    s.add_argument("--buffer-tokens", type=_int_or_none, help="rows of the shuffle buffer")
+    s.add_argument("--checkpoint-every", type=_int_or_none, help="steps between checkpoints (none: no checkpoints)")
+    s.add_argument("--device", help="torch device (cpu, cuda, ...)")
+    # architecture settings; one the chosen architecture does not read is an error
+    s.add_argument("--k", type=int, help="active latents per token (topk, batchtopk)")
+    s.add_argument("--aux-coeff", type=float, help="weight of the AuxK loss (topk, batchtopk)")
+    s.add_argument("--k-aux", type=int, help="dead latents used by AuxK (topk, batchtopk)")
+    s.add_argument("--threshold-rate", type=float, help="moving-average rate of the threshold (batchtopk)")
+    s.add_argument("--l1-coeff", "--l1", dest="l1_coeff", type=float, help="L1 coefficient (relu_l1)")
+    s.add_argument("--encoder-bias-init", type=float, help="initial encoder bias (relu_l1)")
+    s.add_argument("--l0-coeff", "--l0", dest="l0_coeff", type=float, help="L0 coefficient (jumprelu)")
+    s.add_argument("--bandwidth", type=float, help="straight-through kernel width (jumprelu)")
+    s.add_argument("--threshold-init", type=float, help="initial per-latent threshold (jumprelu)")
     s.set_defaults(func=_sae_train)
 
     feats = stages.add_parser("features", help="feature tables").add_subparsers(dest="action", required=True)

@@ -31,7 +31,12 @@ from musinterp.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
 from musinterp.sae.metrics import MetricsAccumulator, SAEMetrics, compute_metrics
 from musinterp.sae.relu_l1 import S1_PRESET, ReluL1Config, ReluL1SAE
 from musinterp.sae.saelens import LoadedSAE, SAEFormatError, load_sae, save_sae
-from musinterp.sae.settings import ARCHITECTURES, TrainSettings, split_settings
+from musinterp.sae.settings import (
+    ARCHITECTURES,
+    TrainSettings,
+    setting_names,
+    split_settings,
+)
 from musinterp.sae.store import ActivationStore
 from musinterp.sae.topk import TopKConfig, TopKSAE
 from musinterp.sae.trainer import read_metrics, train_sae, train_sae_with
@@ -59,6 +64,7 @@ __all__ = [
     "load_sae",
     "read_metrics",
     "save_sae",
+    "setting_names",
     "split_settings",
     "train_sae",
     "train_sae_with",

@@ -104,6 +104,14 @@ def generic_setting_names() -> tuple[str, ...]:
     return tuple(f.name for f in fields(TrainSettings))
 
 
+def setting_names() -> tuple[str, ...]:
+    """Every setting a run can be given: the generic ones, then every architecture's."""
+    names = list(generic_setting_names())
+    for arch_names in architecture_setting_names().values():
+        names += [name for name in arch_names if name not in names]
+    return tuple(names)
+
+
 def architecture_setting_names() -> dict[str, tuple[str, ...]]:
     """Each architecture's own settings (its config dataclass's fields but d_in, d_sae)."""
     return {arch: cls.setting_names() for arch, cls in ARCHITECTURES.items()}

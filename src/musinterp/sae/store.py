@@ -2,7 +2,8 @@
 
 An activation file needs only the minimal contract (DESIGN.md, "Data flow and file contracts"):
 ``/acts [n, d]`` float and the columns ``piece``, ``position``, ``token`` of length ``n``, read
-through :class:`musinterp.activations.ActivationFile`. The split of rows into training (0) and
+through :class:`musinterp.activations.ActivationFile` (which checks them; attributes such as
+``site``, ``subject`` or ``d`` are optional). The split of rows into training (0) and
 held-out (1) rows is the file's ``split`` column when it has one; otherwise the store draws one by
 piece, so that every row of a piece is on the same side:
 
@@ -32,7 +33,6 @@ from musinterp.activations import ActivationFile
 log = logging.getLogger(__name__)
 
 TRAIN, HELDOUT = 0, 1  # values of the split column
-REQUIRED_COLUMNS = ("piece", "position", "token")
 BLOCK_BYTES = 4 << 20  # rows read at once: whole HDF5 chunks, about this many bytes
 DEFAULT_CHUNK_ROWS = 1024  # block unit of an unchunked /acts
 HELDOUT_FRACTION = 0.1  # share of pieces held out when the file has no split column
@@ -76,10 +76,9 @@ class ActivationStore(ActivationFile):
         declared = self.attrs.get("d")
         if declared is not None and int(declared) != self.d:
             raise ValueError(f"{self.path}: attribute d={declared} but /acts has {self.d} columns")
-        for name in REQUIRED_COLUMNS:
-            if not self.has_column(name):
-                raise ValueError(f"{self.path}: missing column /tokens/{name} (every activation file needs "
-                    f"{', '.join(REQUIRED_COLUMNS)})")
+        # The reader checks the columns the contract requires; the split by piece needs this one.
+        if not self.has_column("piece"):
+            raise ValueError(f"{self.path}: missing column /tokens/piece (the split is by piece)")
         chunk_rows = acts.chunks[0] if acts.chunks else DEFAULT_CHUNK_ROWS
         chunks_per_block = max(1, block_bytes // (chunk_rows * self.d * acts.dtype.itemsize))
         self.block_rows = chunk_rows * chunks_per_block
