@@ -391,28 +391,11 @@ def read_metrics(sae_dir: str | os.PathLike) -> dict[str, Any]:
     return json.loads((Path(sae_dir) / "metrics.json").read_text())
 
 
+# Also the names other code imports from here (re-exported from the modules they moved to).
 __all__ = [
-    "ARCHITECTURES",
-    "CHECKPOINT_FILE",
-    "HELDOUT",
-    "LOG_FILE",
-    "TRAIN",
-    "ActivationStore",
-    "InputStatistics",
-    "TrainSettings",
-    "checkpoint_dir_for",
-    "count_steps",
-    "evaluate",
-    "input_normalisation",
-    "input_statistics",
-    "iter_rows",
-    "iter_shuffled_rows",
-    "keep_freed_memory_mapped",
-    "learning_rate",
-    "make_optimizer",
-    "read_metrics",
-    "save_checkpoint",
-    "shuffle_groups",
-    "train_sae",
-    "train_sae_with",
-]
+    "ARCHITECTURES", "CHECKPOINT_FILE", "HELDOUT", "LOG_FILE", "TRAIN", "ActivationStore",
+    "InputStatistics", "TrainSettings", "checkpoint_dir_for", "count_steps", "evaluate",
+    "input_normalisation", "input_statistics", "iter_rows", "iter_shuffled_rows",
+    "keep_freed_memory_mapped", "learning_rate", "make_optimizer", "read_metrics", "save_checkpoint",
+    "shuffle_groups", "train_sae", "train_sae_with",
+]  # fmt: skip
