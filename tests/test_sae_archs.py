@@ -18,8 +18,8 @@ from musinterp.sae import (
     TopKSAE,
     load_sae,
     train_sae,
+    trainer,
 )
-from musinterp.sae import trainer
 from musinterp.sae.jumprelu import jumprelu, step
 from musinterp.sae.topk import auxk_loss
 from musinterp.sae.trainer import checkpoint_dir_for, count_steps, learning_rate

@@ -10,7 +10,11 @@ from safetensors.torch import load_file
 
 from musinterp.sae import ReluL1Config, ReluL1SAE, load_sae, train_sae
 from musinterp.sae.saelens import fold_input_normalisation
-from musinterp.sae.trainer import ActivationStore, checkpoint_dir_for, iter_shuffled_rows
+from musinterp.sae.trainer import (
+    ActivationStore,
+    checkpoint_dir_for,
+    iter_shuffled_rows,
+)
 
 VOCAB = ["<s>", "</s>", "|", "G", "A", "B", "c", "d", "2", "/2"]
 TOKEN_TYPES = ["special", "meta", "pitch", "rest", "duration", "bar"]
@@ -107,7 +111,7 @@ def test_folding_reproduces_the_normalised_model_exactly(tmp_path):
     mean, std = x.double().mean(0), x.double().std(0)
     _, tensors, _ = sae.saelens_export()
     folded = fold_input_normalisation(tensors, mean, std)
-    x_hat_n, z = sae(((x - mean.float()) / std.float()))
+    x_hat_n, z = sae((x - mean.float()) / std.float())
     with torch.no_grad():
         z_raw = torch.relu(x @ folded["W_enc"] + folded["b_enc"])
         x_hat_raw = z_raw @ folded["W_dec"] + folded["b_dec"]

@@ -9,8 +9,7 @@ import torch
 from safetensors.torch import load_file
 from test_sae_relu_l1 import raw_acts, write_acts
 
-from musinterp.sae import ReluL1SAE, train_sae
-from musinterp.sae import store, trainer
+from musinterp.sae import ReluL1SAE, store, train_sae, trainer
 from musinterp.sae.trainer import CHECKPOINT_FILE, LOG_FILE, checkpoint_dir_for
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

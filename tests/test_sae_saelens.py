@@ -9,7 +9,13 @@ from safetensors.torch import load_file, save_file
 from test_sae_relu_l1 import raw_acts, write_acts
 
 from musinterp.sae import train_sae
-from musinterp.sae.saelens import SAEFormatError, fold_input_normalisation, load_sae, save_sae, saelens_cfg
+from musinterp.sae.saelens import (
+    SAEFormatError,
+    fold_input_normalisation,
+    load_sae,
+    saelens_cfg,
+    save_sae,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
