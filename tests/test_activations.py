@@ -15,9 +15,9 @@ def test_every_site_follows_contract(tiny_subject):
     tmp_path, corpus = tiny_subject
     stats = record_activations(tmp_path / "model", tmp_path / "corpus", tmp_path / "acts", subject="s")
     model, _ = load(tmp_path / "model")
-    assert set(stats["sites"]) == set(model.sites())
+    assert set(stats["sites"]) == set(model.site_names())
     n_expected = sum(len(t) + 1 for t in corpus.tunes)  # <s> + body per tune
-    for site in model.sites():
+    for site in model.site_names():
         with ActivationFile(tmp_path / "acts" / f"{site}.h5") as f:
             assert f.n_tokens == n_expected == stats["tokens"]
             assert f.d == (len(corpus.vocab) if site == "softmax" else 12)

@@ -24,7 +24,7 @@ from test_folkrnn_model import numpy_folkrnn
 import torch
 
 from musinterp.models import load
-from musinterp.models.folkrnn_import import (
+from musinterp.models.folkrnn.lasagne_import import (
     ADMITTED_GLOBALS,
     UnsafePickleError,
     import_folkrnn,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from musinterp.models.folkrnn import FolkRNN, FolkRNNConfig
+from musinterp.models.folkrnn.model import FolkRNN, FolkRNNConfig
 from musinterp.models.hooks import replace_site
 
 
@@ -74,7 +74,7 @@ def test_stepwise_states_match_reference(setup):
     params, tokens, model = setup
     ref_logits, ref_h, ref_cells = numpy_folkrnn(params, tokens)
     states = model.run_with_states(torch.tensor(tokens))
-    assert set(states) == set(model.sites())
+    assert set(states) == set(model.site_names())
     assert np.abs(states["lstm2_h"].numpy() - ref_h).max() <= 1e-5
     for layer in range(3):
         assert np.abs(states[f"lstm{layer}_c"].numpy() - ref_cells[layer]).max() <= 1e-5
@@ -153,7 +153,7 @@ def test_padded_batch_matches_single_sequences():
     states = model.run_batch_with_states(batch)
     for row, s in enumerate(seqs):
         single = model.run_with_states(s)
-        for site in model.sites():
+        for site in model.site_names():
             assert torch.allclose(states[site][row, : len(s)], single[site], atol=1e-6), site
     only = model.run_batch_with_states(batch, sites=["lstm0_c"])
     assert list(only) == ["lstm0_c"] and torch.allclose(only["lstm0_c"], states["lstm0_c"])

@@ -6,7 +6,13 @@ import torch
 
 from musinterp.activations import ActivationFile, record_activations
 from musinterp.sae.saelens import save_sae, saelens_cfg
-from musinterp.splice import loss_recovered
+from musinterp.splice import add_loss_recovered
+
+
+def loss_recovered(model_dir, acts_path, sae_dir, site="lstm0_h"):
+    """Splice through the public entry point; metrics.json starts empty."""
+    (sae_dir / "metrics.json").write_text("{}")
+    return add_loss_recovered(sae_dir, model_dir, acts_path, site=site)
 
 
 def write_sae(path, W_enc, b_enc, W_dec, b_dec):
@@ -59,20 +65,20 @@ def test_zero_reconstruction_recovers_nothing(spliceable):
 def test_dimension_mismatch_is_named(spliceable):
     tmp_path = spliceable
     with pytest.raises(ValueError, match="d_in=12 but .*softmax.h5 has d="):
-        loss_recovered(tmp_path / "model", tmp_path / "acts" / "softmax.h5", tmp_path / "identity")
+        loss_recovered(tmp_path / "model", tmp_path / "acts" / "softmax.h5", tmp_path / "identity", site="lstm0_h")
 
 
 def test_metrics_json_gains_loss_recovered(spliceable):
     import json
 
-    from musinterp.splice import add_loss_recovered
-
     tmp_path = spliceable
     for name in ("identity", "nothing"):
         (tmp_path / name / "metrics.json").write_text(json.dumps({"fvu": 0.0}))
-    metrics = add_loss_recovered(tmp_path / "identity", tmp_path / "model", tmp_path / "acts" / "lstm0_h.h5")
+    metrics = add_loss_recovered(tmp_path / "identity", tmp_path / "model", tmp_path / "acts" / "lstm0_h.h5",
+                                 site="lstm0_h")
     saved = json.loads((tmp_path / "identity" / "metrics.json").read_text())
     assert saved == metrics and saved["fvu"] == 0.0 and saved["loss_recovered"] == pytest.approx(1.0, abs=1e-4)
     record_activations(tmp_path / "model", tmp_path / "corpus", tmp_path / "acts", subject="s", sites=["lstm0_c"])
-    metrics = add_loss_recovered(tmp_path / "nothing", tmp_path / "model", tmp_path / "acts" / "lstm0_c.h5")
+    metrics = add_loss_recovered(tmp_path / "nothing", tmp_path / "model", tmp_path / "acts" / "lstm0_c.h5",
+                                 site="lstm0_c")
     assert metrics["loss_recovered"] is None and "cannot splice site 'lstm0_c'" in metrics["splice_note"]

@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from musinterp.models import training
-from musinterp.models.folkrnn import FolkRNN, FolkRNNConfig
+from musinterp.models.folkrnn.model import FolkRNN, FolkRNNConfig
 from musinterp.models.training import TrainConfig, train_lm
 
 BOS, EOS, VOCAB = 0, 1, 8
+# <s> is 0 and </s> is 1, as in corpora built here
+TOKENS = ["<s>", "</s>", "|"] + [f"n{i}" for i in range(3, VOCAB)]
 
 
 def bar_tunes(n, rng):
@@ -35,7 +37,7 @@ def test_training_learns_bar_lines(data):
     train, valid = data
     model = fresh_model()
     cfg = TrainConfig(epochs=12, batch_size=16, lr=0.02, patience=12)
-    result = train_lm(model, train, valid, BOS, EOS, cfg)
+    result = train_lm(model, train, valid, TOKENS, cfg)
     losses = result["history"]["valid_loss"]
     assert losses[-1] < losses[0]
     # A bar line after three notes is certain; the model should be confident of it.
@@ -50,8 +52,8 @@ def test_deterministic(data):
     train, valid = data
     cfg = TrainConfig(epochs=2, batch_size=16, lr=0.01)
     a, b = fresh_model(), fresh_model()
-    train_lm(a, train, valid, BOS, EOS, cfg)
-    train_lm(b, train, valid, BOS, EOS, cfg)
+    train_lm(a, train, valid, TOKENS, cfg)
+    train_lm(b, train, valid, TOKENS, cfg)
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(pa, pb), name
 
@@ -60,7 +62,7 @@ def test_killed_run_resumes_to_same_weights(data, tmp_path, monkeypatch):
     train, valid = data
     cfg = TrainConfig(epochs=3, batch_size=16, lr=0.01, patience=10)
     reference = fresh_model()
-    train_lm(reference, train, valid, BOS, EOS, cfg)
+    train_lm(reference, train, valid, TOKENS, cfg)
 
     calls = {"n": 0}
     real_evaluate = training.evaluate
@@ -74,12 +76,12 @@ def test_killed_run_resumes_to_same_weights(data, tmp_path, monkeypatch):
     ckpt = tmp_path / "checkpoint.pt"
     monkeypatch.setattr(training, "evaluate", dying_evaluate)
     with pytest.raises(KeyboardInterrupt):
-        train_lm(fresh_model(), train, valid, BOS, EOS, cfg, checkpoint_path=ckpt)
+        train_lm(fresh_model(), train, valid, TOKENS, cfg, checkpoint_path=ckpt)
     monkeypatch.setattr(training, "evaluate", real_evaluate)
     assert ckpt.exists()
 
     resumed = fresh_model(seed=123)  # different init: everything must come from the checkpoint
-    result = train_lm(resumed, train, valid, BOS, EOS, cfg, checkpoint_path=ckpt)
+    result = train_lm(resumed, train, valid, TOKENS, cfg, checkpoint_path=ckpt)
     assert result["history"]["epoch"] == [0, 1, 2]
     for (name, pa), (_, pb) in zip(reference.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(pa, pb), name
@@ -88,4 +90,4 @@ def test_killed_run_resumes_to_same_weights(data, tmp_path, monkeypatch):
 def test_rejects_empty_heldout(data):
     train, _ = data
     with pytest.raises(ValueError, match="held-out"):
-        train_lm(fresh_model(), train, [], BOS, EOS, TrainConfig(epochs=1))
+        train_lm(fresh_model(), train, [], TOKENS, TrainConfig(epochs=1))

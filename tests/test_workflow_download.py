@@ -15,7 +15,10 @@ SHARED = ROOT.parent / "shared" / "data"
 FOLKWIKI = SHARED / "folkwiki" / "9_nov_folkwiki.txt"
 FOLKWIKI_BLOB = "672334a308429cd72468794af9ee3d9875b5310f"
 
-pytestmark = pytest.mark.skipif(not FOLKWIKI.exists(), reason=f"development data not present: {FOLKWIKI}")
+pytestmark = [
+    pytest.mark.e2e,  # runs the snakemake command
+    pytest.mark.skipif(not FOLKWIKI.exists(), reason=f"development data not present: {FOLKWIKI}"),
+]
 
 
 def run_corpus_rule(workdir: Path, url: str, blob: str):

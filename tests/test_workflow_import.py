@@ -4,8 +4,8 @@ The checkpoint is a folk-rnn pickle in the documented v2 layout with random weig
 file is not shipped); the corpus is a few tunes in folk-rnn token format.
 """
 
-
 import numpy as np
+import pytest
 import torch
 import yaml
 
@@ -22,6 +22,7 @@ M:6/8 K:Cdor G > A B c 2 d | (3 e f g c 3 |
 """
 
 
+pytestmark = pytest.mark.e2e  # runs the snakemake command
 def setup(tmp_path):
     tokens = ["<s>", "</s>"] + sorted({t for t in TUNES.split()}) + ["^F", "z"]
     checkpoint = folkrnn_checkpoint(tokens, hidden=8)

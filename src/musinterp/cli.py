@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 
+from .registry import FAMILIES
+
 
 def _corpus_build(args) -> None:
     from .corpus.build import build_corpus
@@ -18,27 +20,32 @@ def _corpus_build(args) -> None:
         spec.update({"git_blob": args.git_blob} if args.git_blob else {"sha256": args.sha256})
     else:
         spec = {"source": "local", "path": args.path, "format": "folkrnn"}
-    counts = build_corpus(args.name, spec, args.out, seed=args.seed, heldout_fraction=args.heldout_fraction,
-                          download_dir=args.download_dir)
+    counts = build_corpus(args.name, spec, args.out, download_dir=args.download_dir,
+                          **_given(args, {"seed": "seed", "heldout_fraction": "heldout_fraction"}))
     print(json.dumps(counts, indent=2))
+
+
+def _given(args, names: dict[str, str]) -> dict:
+    """Only the options the user gave (argparse default None), so the library's defaults apply."""
+    return {key: getattr(args, attr) for key, attr in names.items() if getattr(args, attr) is not None}
 
 
 def _model_train(args) -> None:
     from .models import train_model
 
-    model_params = {"hidden_size": args.hidden_size, "n_layers": args.n_layers, "dropout": args.dropout}
-    train_params = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                    "optimizer": args.optimizer, "patience": args.patience, "seed": args.seed,
-                    "max_train_tunes": args.max_train_tunes}
+    model_params = _given(args, {"hidden_size": "hidden_size", "n_layers": "n_layers", "dropout": "dropout"})
+    train_params = _given(args, {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
+                                 "optimizer": "optimizer", "patience": "patience", "seed": "seed",
+                                 "max_train_tunes": "max_train_tunes", "device": "device"})
     meta = train_model(args.family, args.corpus, args.out, model_params, train_params,
-                       n_samples=args.samples, temperature=args.temperature)
+                       **_given(args, {"n_samples": "samples", "temperature": "temperature"}))
     print(f"best held-out loss {meta['best_valid_loss']:.4f} nats/token at epoch {meta['best_epoch']}")
 
 
 def _import_folkrnn(args) -> None:
-    from .models.folkrnn_import import import_folkrnn
+    from .registry import get_family
 
-    meta = import_folkrnn(args.pickle, args.out, dropout=args.dropout)
+    meta = get_family("folkrnn").importer()(args.pickle, args.out, **_given(args, {"dropout": "dropout"}))
     cfg = meta["config"]
     print(f"imported {args.pickle}: {cfg['n_layers']} x {cfg['hidden_size']} LSTM, vocabulary of "
           f"{cfg['vocab_size']} tokens -> {args.out}")
@@ -49,7 +56,8 @@ def _activations_record(args) -> None:
 
     caps = {"train": args.max_train_tunes, "heldout": args.max_heldout_tunes}
     stats = record_activations(args.model, args.corpus, args.out, subject=args.subject, sites=args.sites,
-                               max_tunes={k: v for k, v in caps.items() if v is not None}, seed=args.seed)
+                               max_tunes={k: v for k, v in caps.items() if v is not None},
+                               **_given(args, {"seed": "seed", "batch_size": "batch_size"}))
     print(json.dumps(stats, indent=2))
 
 
@@ -77,7 +85,8 @@ def _int_or_none(text: str) -> int | None:
 def _features_build(args) -> None:
     from .features import build_features
 
-    table = build_features(args.acts, args.sae, args.out, dashboard_dir=args.dashboard)
+    table = build_features(args.acts, args.sae, args.out, dashboard_dir=args.dashboard,
+                           **_given(args, {"top_k": "top_k", "context": "context"}))
     print(f"wrote {args.out}: {len(table)} rows")
 
 
@@ -97,29 +106,31 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--git-blob")
     c.add_argument("--sha256")
     c.add_argument("--path")
-    c.add_argument("--download-dir", default="resources/downloads")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--heldout-fraction", type=float, default=0.1)
+    c.add_argument("--download-dir", help="default resources/downloads")
+    c.add_argument("--seed", type=int)
+    c.add_argument("--heldout-fraction", type=float)
     c.add_argument("--out", required=True)
     c.set_defaults(func=_corpus_build)
 
     model = stages.add_parser("model", help="train models").add_subparsers(dest="action", required=True)
     m = model.add_parser("train", help="train a reference model on a corpus")
-    m.add_argument("--family", default="folkrnn", choices=["folkrnn"])
+    m.add_argument("--family", default="folkrnn", choices=sorted(FAMILIES))
     m.add_argument("--corpus", required=True)
     m.add_argument("--out", required=True)
-    m.add_argument("--hidden-size", type=int, default=128)
-    m.add_argument("--n-layers", type=int, default=3)
-    m.add_argument("--dropout", type=float, default=0.5)
-    m.add_argument("--epochs", type=int, default=10)
-    m.add_argument("--batch-size", type=int, default=64)
-    m.add_argument("--lr", type=float, default=3e-3)
-    m.add_argument("--optimizer", default="adam", choices=["adam", "rmsprop"])
-    m.add_argument("--patience", type=int, default=3)
-    m.add_argument("--max-train-tunes", type=int, default=None)
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--samples", type=int, default=5)
-    m.add_argument("--temperature", type=float, default=1.0)
+    # No defaults here: what is left out takes the library's (the family config, TrainConfig).
+    m.add_argument("--hidden-size", type=int)
+    m.add_argument("--n-layers", type=int)
+    m.add_argument("--dropout", type=float)
+    m.add_argument("--epochs", type=int)
+    m.add_argument("--batch-size", type=int)
+    m.add_argument("--lr", type=float)
+    m.add_argument("--optimizer", choices=["adam", "rmsprop"])
+    m.add_argument("--patience", type=int)
+    m.add_argument("--max-train-tunes", type=int)
+    m.add_argument("--device")
+    m.add_argument("--seed", type=int)
+    m.add_argument("--samples", type=int)
+    m.add_argument("--temperature", type=float)
     m.set_defaults(func=_model_train)
 
     imports = stages.add_parser("import", help="import published checkpoints").add_subparsers(
@@ -127,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
     i = imports.add_parser("folkrnn", help="a folk-rnn pickle (v2, Swedish), read with a restricted unpickler")
     i.add_argument("pickle")
     i.add_argument("--out", required=True)
-    i.add_argument("--dropout", type=float, default=0.5)
+    i.add_argument("--dropout", type=float, help="dropout of the imported model (default folk-rnn's 0.5)")
     i.set_defaults(func=_import_folkrnn)
 
     acts = stages.add_parser("activations", help="record activations").add_subparsers(dest="action", required=True)
@@ -139,7 +150,8 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--sites", nargs="*", default=None)
     a.add_argument("--max-train-tunes", type=int, default=None)
     a.add_argument("--max-heldout-tunes", type=int, default=None)
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--seed", type=int)
+    a.add_argument("--batch-size", type=int, help="pieces run through the model at once")
     a.set_defaults(func=_activations_record)
 
     sae = stages.add_parser("sae", help="sparse autoencoders").add_subparsers(dest="action", required=True)
@@ -187,6 +199,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("sae")
     f.add_argument("--out", required=True)
     f.add_argument("--dashboard", default=None)
+    f.add_argument("--top-k", type=int)
+    f.add_argument("--context", type=int)
     f.set_defaults(func=_features_build)
     return p
 

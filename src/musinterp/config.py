@@ -9,11 +9,10 @@ SWEEP_FIELDS = ("width", "k", "l1_coeff", "l0_coeff", "seed")
 
 
 def family_sites(family: str, model_params: dict) -> list[str]:
-    """Every activation site a model family records, in order."""
-    if family == "folkrnn":
-        n_layers = model_params.get("n_layers", 3)
-        return [f"lstm{layer}_{kind}" for layer in range(n_layers) for kind in ("h", "c")] + ["softmax"]
-    raise ValueError(f"family {family!r} has no site list")
+    """Every activation site a model family records, in order (from the registry)."""
+    from .registry import site_names
+
+    return site_names(family, model_params)
 
 
 def _format(value) -> str:

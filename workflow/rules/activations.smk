@@ -1,28 +1,36 @@
-# Activations: one HDF5 file per site, token by token with musical columns.
+# Activations: one pass of a subject's model writes one HDF5 file per recorded site, token by
+# token (or piece by piece) with the musical columns of the corpus's token format. The output
+# list differs per subject, so there is one rule per subject.
 
+for _subject in config["subjects"]:
 
-rule record_activations:
-    input:
-        model="results/models/{subject}/model.pt",
-        meta="results/models/{subject}/model.json",
-        tokens=lambda w: f"{corpus_dir(w.subject)}/tokens.h5",
-    output:
-        "results/activations/{subject}/{site}.h5",
-    log:
-        "results/logs/activations/{subject}/{site}.log",
-    benchmark:
-        "results/benchmarks/activations/{subject}/{site}.tsv"
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=60,
-    params:
-        corpus=lambda w: corpus_dir(w.subject),
-        max_tunes=lambda w: subject_config(w.subject)
-        .get("activations", {})
-        .get("max_tunes", {}),
-        seed=config.get("seed", 0),
-    script:
-        "../scripts/record_activations.py"
+    rule:
+        name:
+            f"record_activations_{_subject}"
+        input:
+            model=f"results/models/{_subject}/model.pt",
+            meta=f"results/models/{_subject}/model.json",
+            tokens=f"{corpus_dir(_subject)}/tokens.h5",
+        output:
+            expand(
+                f"results/activations/{_subject}/{{site}}.h5",
+                site=recorded_sites(_subject),
+            ),
+        log:
+            f"results/logs/activations/{_subject}.log",
+        benchmark:
+            f"results/benchmarks/activations/{_subject}.tsv"
+        conda:
+            ENV
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=60,
+        params:
+            subject=_subject,
+            sites=recorded_sites(_subject),
+            max_tunes=subject_config(_subject)["activations"].get("max_tunes", {}),
+            batch_size=subject_config(_subject)["activations"]["batch_size"],
+            seed=config["seed"],
+        script:
+            "../scripts/record_activations.py"

@@ -4,11 +4,14 @@ import re
 import sys
 from pathlib import Path
 
+import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
+# Validation fills in every default (the schemas hold the only defaults of the workflow).
 validate(config, schema="../schemas/config.schema.yaml")
 
 
@@ -19,17 +22,39 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [_library, os.environ.get("PYTHONPATH")]))
 )
 ENV = "../../envs/musinterp.yaml"
-DOWNLOAD_DIR = config.get("download_dir", "resources/downloads")
+DOWNLOAD_DIR = config["download_dir"]
 sys.path.insert(0, _library)
 import musinterp.config as library_config  # light: no torch at parse time
+from musinterp.registry import FAMILIES, get_family
 
-# Cross-field checks the schema cannot express; each names the offending key.
+with open(workflow.source_path("../schemas/config.schema.yaml")) as _f:
+    COMMON_SUBJECT_KEYS = set(
+        yaml.safe_load(_f)["properties"]["subjects"]["additionalProperties"][
+            "properties"
+        ]
+    )
+
+# Cross-field checks the schema cannot express, and each subject's family keys against its
+# family's schema; each error names the offending key.
 for _name, _subject in config["subjects"].items():
     if _subject["corpus"] not in config["corpora"]:
         raise ValueError(
             f"config: subjects.{_name}.corpus is {_subject['corpus']!r}, "
             f"which is not a key of corpora ({sorted(config['corpora'])})"
         )
+    if _subject["family"] not in FAMILIES:
+        raise ValueError(
+            f"config: subjects.{_name}.family is {_subject['family']!r}; "
+            f"registered families: {sorted(FAMILIES)}"
+        )
+    _own = {k: v for k, v in _subject.items() if k not in COMMON_SUBJECT_KEYS}
+    try:
+        validate(_own, schema=f"../schemas/families/{_subject['family']}.schema.yaml")
+    except WorkflowError as err:
+        raise WorkflowError(
+            f"config: subjects.{_name} (family {_subject['family']}): {err}"
+        ) from None
+    _subject.update(_own)
 
 
 wildcard_constraints:
@@ -77,7 +102,7 @@ def corpus_dir(subject):
 def family_sites(subject):
     """All activation sites a subject's model family records."""
     cfg = subject_config(subject)
-    return library_config.family_sites(cfg["family"], cfg.get("model", {}))
+    return library_config.family_sites(cfg["family"], cfg.get("model"))
 
 
 def sae_specs(subject):
@@ -89,9 +114,7 @@ def sae_specs(subject):
 
 
 def recorded_sites(subject):
-    sites = subject_config(subject).get("activations", {}).get("sites") or family_sites(
-        subject
-    )
+    sites = subject_config(subject)["activations"].get("sites") or family_sites(subject)
     unknown = sorted(set(sites) - set(family_sites(subject)))
     if unknown:
         raise ValueError(
@@ -140,9 +163,8 @@ def subject_sae_metrics(subject):
 
 
 def s2_parameters(subject):
-    """Notebook parameters of study S2 for a folkrnn subject (config key subjects.<s>.s2; the
-    notebook's defaults, e.g. Sturm's C-major reel as the given tune, fill in the rest).
-    """
+    """Parameters of study S2 for a folkrnn subject (config key subjects.<s>.s2, defaults filled
+    in by the family schema; left-out tunes mean Sturm's C-major reel, see run_s2)."""
     return dict(subject_config(subject).get("s2", {}))
 
 

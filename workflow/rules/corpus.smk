@@ -23,8 +23,8 @@ rule build_corpus:
         runtime=60,
     params:
         spec=lambda w: config["corpora"][w.corpus],
-        seed=config.get("seed", 0),
-        heldout_fraction=config.get("heldout_fraction", 0.1),
-        download_dir=config.get("download_dir", "resources/downloads"),
+        seed=config["seed"],
+        heldout_fraction=config["heldout_fraction"],
+        download_dir=config["download_dir"],
     script:
         "../scripts/build_corpus.py"

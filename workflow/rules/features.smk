@@ -26,7 +26,7 @@ rule build_features:
         runtime=30,
     params:
         sae_dir=lambda w: f"results/sae/{w.subject}/{w.site}/{w.sae}",
-        top_k=config.get("features", {}).get("top_k", 20),
-        context=config.get("features", {}).get("context", 8),
+        top_k=config["features"]["top_k"],
+        context=config["features"]["context"],
     script:
         "../scripts/build_features.py"

@@ -28,12 +28,9 @@ rule train_model:
         runtime=120,
     params:
         family=lambda w: subject_config(w.subject)["family"],
-        model=lambda w: subject_config(w.subject).get("model", {}),
-        train=lambda w: {
-            "seed": config.get("seed", 0),
-            **subject_config(w.subject).get("train", {}),
-        },
-        sampling=lambda w: subject_config(w.subject).get("sampling", {}),
+        model=lambda w: subject_config(w.subject)["model"],
+        train=lambda w: {"seed": config["seed"], **subject_config(w.subject)["train"]},
+        sampling=lambda w: subject_config(w.subject)["sampling"],
     script:
         "../scripts/train_model.py"
 
@@ -81,7 +78,7 @@ rule import_model:
         family=lambda w: subject_config(w.subject)["family"],
         url=lambda w: subject_config(w.subject).get("url"),
         checksum=lambda w: model_checksum(w.subject),
-        sampling=lambda w: subject_config(w.subject).get("sampling", {}),
-        seed=config.get("seed", 0),
+        sampling=lambda w: subject_config(w.subject)["sampling"],
+        seed=config["seed"],
     script:
         "../scripts/import_model.py"

@@ -5,6 +5,7 @@ rule train_sae:
     input:
         acts="results/activations/{subject}/{site}.h5",
         model="results/models/{subject}/model.pt",
+        tokens=lambda w: f"{corpus_dir(w.subject)}/tokens.h5",
     output:
         cfg="results/sae/{subject}/{site}/{sae}/cfg.json",
         weights="results/sae/{subject}/{site}/{sae}/sae_weights.safetensors",
@@ -27,6 +28,7 @@ rule train_sae:
         runtime=60,
     params:
         spec=lambda w: sae_spec(w.subject, w.sae),
-        seed=config.get("seed", 0),
+        site=lambda w: w.site,
+        seed=config["seed"],
     script:
         "../scripts/train_sae.py"

@@ -1,11 +1,11 @@
-"""Snakemake adapter: import a published checkpoint into a musinterp model directory."""
+"""Snakemake adapter: import a published checkpoint with its family's importer (see the registry)."""
 
 from pathlib import Path
 
 from musinterp.io import verify_file
 from musinterp.logs import setup_logging
 from musinterp.models import load, write_samples
-from musinterp.models.folkrnn_import import import_folkrnn
+from musinterp.registry import get_family
 
 setup_logging(snakemake.log[0])
 source = snakemake.input.source
@@ -14,10 +14,9 @@ if snakemake.params.checksum is not None:
     kind, expected = snakemake.params.checksum
     verify_file(source, expected, kind)
 out_dir = Path(snakemake.output.model).parent
-if snakemake.params.family != "folkrnn":
-    raise ValueError(f"no importer for family {snakemake.params.family!r}")
-import_folkrnn(source, out_dir, source=snakemake.params.url or str(source))
+importer = get_family(snakemake.params.family).importer()
+importer(source, out_dir, source=snakemake.params.url or str(source))
 model, meta = load(out_dir)
 sampling = dict(snakemake.params.sampling)
-write_samples(model, meta["vocab"], snakemake.output.samples, sampling.get("n_samples", 5),
-              sampling.get("temperature", 1.0), snakemake.params.seed)
+write_samples(model, meta["vocab"], snakemake.output.samples, sampling["n_samples"], sampling["temperature"],
+              snakemake.params.seed)

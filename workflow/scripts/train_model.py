@@ -16,6 +16,6 @@ train_model(
     Path(snakemake.output.model).parent,
     dict(snakemake.params.model),
     dict(snakemake.params.train),
-    n_samples=sampling.get("n_samples", 5),
-    temperature=sampling.get("temperature", 1.0),
+    n_samples=sampling["n_samples"],
+    temperature=sampling["temperature"],
 )

@@ -14,10 +14,7 @@ spec = dict(snakemake.params.spec)
 # Everything in the spec except what names and places it is a training setting.
 options = {key: value for key, value in spec.items() if key not in ("name", "sites", "arch")}
 sae_dir = Path(snakemake.output.cfg).parent
-train_sae(
-    snakemake.input.acts,
-    sae_dir,
-    arch=spec["arch"],
-    **{"seed": snakemake.params.seed, **options},
-)
-add_loss_recovered(sae_dir, Path(snakemake.input.model).parent, snakemake.input.acts)
+site = snakemake.params.site
+train_sae(snakemake.input.acts, sae_dir, arch=spec["arch"], site=site, **{"seed": snakemake.params.seed, **options})
+add_loss_recovered(sae_dir, Path(snakemake.input.model).parent, snakemake.input.acts, site=site,
+                   corpus_dir=Path(snakemake.input.tokens).parent)

@@ -85,8 +85,8 @@ def build_corpus(
     name: str,
     spec: dict,
     out_dir: str | os.PathLike,
-    seed: int,
-    heldout_fraction: float,
+    seed: int = 0,
+    heldout_fraction: float = 0.1,
     download_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Convert the source, write ``out_dir/{tokens.h5,vocab.json,manifest.tsv}``, return counts."""

@@ -25,7 +25,7 @@ from musinterp.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-FORMAT = "folkrnn-v2"
+FORMAT = "folkrnn-v2"  # the default format of corpora built here
 SPECIALS = ("<s>", "</s>")
 SPLITS = {"train": 0, "heldout": 1}
 MANIFEST_COLUMNS = ("id", "source", "status", "reason", "n_tokens")
@@ -61,6 +61,14 @@ class Corpus:
     tune_ids: list[str]
     split: np.ndarray  # uint8 per tune: 0 train, 1 heldout
     attrs: dict = field(default_factory=dict)
+    format: str = FORMAT
+
+    @cached_property
+    def token_vocab(self):
+        """The vocabulary as a :class:`musinterp.corpus.vocab.Vocab` of the corpus's format."""
+        from musinterp.corpus.formats import get_format
+
+        return get_format(self.format).vocab(self.vocab)
 
     @cached_property
     def stoi(self) -> dict[str, int]:
@@ -116,13 +124,18 @@ def write_corpus(
     seed: int,
     heldout_fraction: float,
     vocab: Sequence[str] | None = None,
+    format: str = FORMAT,
 ) -> Corpus:
     """Write ``tokens.h5``, ``vocab.json`` and ``manifest.tsv`` into ``out_dir``; return the Corpus.
 
     ``manifest_rows`` has one dict per source item (keys id, source, status, reason and
     optionally n_tokens); every written tune must appear there with status ``ok``. With
-    ``vocab`` given, every token must be in it.
+    ``vocab`` given, every token must be in it. ``format`` names the token format
+    (:mod:`musinterp.corpus.formats`).
     """
+    from musinterp.corpus.formats import get_format
+
+    get_format(format, where=f"corpus {name!r}")
     out_dir = Path(out_dir)
     if len(tune_token_lists) != len(tune_ids):
         raise ValueError(f"corpus {name!r}: {len(tune_token_lists)} tunes but {len(tune_ids)} ids")
@@ -153,7 +166,7 @@ def write_corpus(
     lengths = np.array([len(t) for t in tunes], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     split = split_tunes(len(tunes), seed, heldout_fraction)
-    attrs = {"corpus": name, "format": FORMAT, "n_tunes": len(tunes), "n_tokens": int(offsets[-1]),
+    attrs = {"corpus": name, "format": format, "n_tunes": len(tunes), "n_tokens": int(offsets[-1]),
              "seed": int(seed), "heldout_fraction": float(heldout_fraction), "producer": PRODUCER}
     n_tokens_by_id = dict(zip(tune_ids, lengths.tolist()))
 
@@ -170,7 +183,7 @@ def write_corpus(
             f.create_dataset("tune_id", data=list(tune_ids), dtype=h5py.string_dtype("utf-8"))
             f.create_dataset("split", data=split, dtype=np.uint8)
             f.attrs.update(attrs)
-        tmp_vocab.write_text(json.dumps({"format": FORMAT, "tokens": vocab}, indent=1) + "\n")
+        tmp_vocab.write_text(json.dumps({"format": format, "tokens": vocab}, indent=1) + "\n")
         with open(tmp_manifest, "w", encoding="utf-8", newline="\n") as out:
             out.write("\t".join(MANIFEST_COLUMNS) + "\n")
             for row in manifest_rows:
@@ -181,7 +194,8 @@ def write_corpus(
     n_skipped = sum(1 for r in manifest_rows if r.get("status") != "ok")
     log.info("wrote corpus %s to %s: %d tunes (%d held out), %d tokens, vocab %d; %d items skipped",
              name, out_dir, len(tunes), int(split.sum()), int(offsets[-1]), len(vocab), n_skipped)
-    return Corpus(name=name, vocab=vocab, tunes=tunes, tune_ids=list(tune_ids), split=split, attrs=attrs)
+    return Corpus(name=name, vocab=vocab, tunes=tunes, tune_ids=list(tune_ids), split=split, attrs=attrs,
+                  format=format)
 
 
 def _require(path: Path) -> Path:
@@ -201,8 +215,11 @@ def load_corpus(corpus_dir: str | os.PathLike) -> Corpus:
         raise CorpusFileError(f"{vocab_path}: not valid JSON ({err})") from None
     if not isinstance(vocab_doc, dict) or not isinstance(vocab_doc.get("tokens"), list):
         raise CorpusFileError(f"{vocab_path}: expected an object with a 'tokens' list")
-    if vocab_doc.get("format") != FORMAT:
-        raise CorpusFileError(f"{vocab_path}: format is {vocab_doc.get('format')!r}, expected {FORMAT!r}")
+    from musinterp.corpus.formats import known_formats
+
+    fmt = vocab_doc.get("format")
+    if fmt not in known_formats():
+        raise CorpusFileError(f"{vocab_path}: format is {fmt!r}, expected one of {known_formats()}")
     vocab = [str(t) for t in vocab_doc["tokens"]]
 
     try:
@@ -228,7 +245,9 @@ def load_corpus(corpus_dir: str | os.PathLike) -> Corpus:
         raise CorpusFileError(f"{tokens_path}: token ids outside the vocabulary of {len(vocab)} ({vocab_path})")
     tunes = [tokens[offsets[i]:offsets[i + 1]].astype(np.int32) for i in range(n_tunes)]
     name = str(attrs.get("corpus", corpus_dir.name))
-    return Corpus(name=name, vocab=vocab, tunes=tunes, tune_ids=tune_ids, split=split, attrs=attrs)
+    if attrs.get("format", fmt) != fmt:
+        raise CorpusFileError(f"{tokens_path}: format {attrs['format']!r} differs from {fmt!r} in {vocab_path}")
+    return Corpus(name=name, vocab=vocab, tunes=tunes, tune_ids=tune_ids, split=split, attrs=attrs, format=fmt)
 
 
 def read_manifest(corpus_dir: str | os.PathLike) -> list[dict]:

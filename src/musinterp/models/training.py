@@ -1,7 +1,8 @@
-"""Teacher-forced language-model training with held-out early stopping and resumable checkpoints.
+"""Teacher-forced training of reference models, with held-out early stopping and resumable checkpoints.
 
-Works for any model with ``loss(tokens, mask)``; sequences are whole tunes framed by ``<s>`` and
-``</s>``, batched by similar length (as folk-rnn did) so little compute goes to padding.
+Works for any family through its interface (:class:`musinterp.models.interface.MusicModel`):
+pieces become batches with ``model.make_batch`` and the objective is ``model.loss``. Pieces are
+batched by similar length (as folk-rnn did) so little compute goes to padding.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import PRODUCER
 from ..io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -37,29 +39,12 @@ class TrainConfig:
     device: str = "auto"  # "auto": CUDA when available, else CPU
 
 
-def frame_tunes(tunes: list[np.ndarray], bos: int, eos: int, max_len: int | None) -> list[np.ndarray]:
-    framed = [np.concatenate([[bos], t, [eos]]).astype(np.int64) for t in tunes]
-    if max_len is not None:
-        framed = [f[:max_len] for f in framed]
-    return framed
-
-
 def length_batches(seqs: list[np.ndarray], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Index batches of tunes of similar length, in random order."""
     order = np.argsort([len(s) for s in seqs], kind="stable")
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rng.shuffle(batches)
     return batches
-
-
-def pad(seqs: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    tokens = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=bool)
-    for row, s in enumerate(seqs):
-        tokens[row, : len(s)] = s
-        mask[row, : len(s)] = True
-    return torch.from_numpy(tokens), torch.from_numpy(mask)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,16 +54,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model, seqs: list[np.ndarray], batch_size: int, pad_id: int) -> float:
-    """Mean per-token cross entropy (nats) over ``seqs``."""
+def evaluate(model, pieces: list[np.ndarray], vocab, batch_size: int, max_len: int | None = None) -> float:
+    """Mean per-target loss (nats) over ``pieces``."""
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    order = np.argsort([len(s) for s in seqs])
+    order = np.argsort([len(s) for s in pieces])
     for i in range(0, len(order), batch_size):
-        tokens, mask = (t.to(device) for t in pad([seqs[j] for j in order[i : i + batch_size]], pad_id))
-        n = int(mask[:, 1:].sum())
-        total += float(model.loss(tokens, mask)) * n
+        batch = model.make_batch([pieces[j] for j in order[i : i + batch_size]], vocab, max_len).to(device)
+        n = batch.n_targets
+        total += float(model.loss(batch)) * n
         count += n
     return total / max(count, 1)
 
@@ -95,12 +80,12 @@ def train_lm(
     model,
     train_tunes: list[np.ndarray],
     valid_tunes: list[np.ndarray],
-    bos: int,
-    eos: int,
+    vocab,
     cfg: TrainConfig,
     checkpoint_path: str | Path | None = None,
 ) -> dict:
-    """Train ``model`` in place; return the history and leave the best held-out weights loaded.
+    """Train ``model`` in place on pieces of token ids (in ``vocab``); return the history and
+    leave the best held-out weights loaded.
 
     If ``checkpoint_path`` holds a checkpoint of the same run settings, training resumes from it.
     """
@@ -109,11 +94,10 @@ def train_lm(
     if cfg.max_train_tunes is not None and len(train_tunes) > cfg.max_train_tunes:
         pick = rng.choice(len(train_tunes), cfg.max_train_tunes, replace=False)
         train_tunes = [train_tunes[i] for i in sorted(pick)]
-    train = frame_tunes(train_tunes, bos, eos, cfg.max_len)
-    valid = frame_tunes(valid_tunes, bos, eos, cfg.max_len)
+    train, valid = list(train_tunes), list(valid_tunes)
     if not train or not valid:
         raise ValueError(f"need training and held-out tunes, got {len(train)} and {len(valid)}")
-    n_train_tokens = sum(len(s) - 1 for s in train)
+    n_train_tokens = sum(model.make_batch([s], vocab, cfg.max_len).n_targets for s in train)
     device = resolve_device(cfg.device)
     model.to(device)
     optimizer = make_optimizer(model, cfg)
@@ -146,16 +130,16 @@ def train_lm(
         total, count = 0.0, 0
         batches = length_batches(train, cfg.batch_size, rng)
         for idx in tqdm(batches, desc=f"epoch {epoch}", mininterval=10, leave=False):
-            tokens, mask = (t.to(device) for t in pad([train[j] for j in idx], eos))
-            loss = model.loss(tokens, mask)
+            batch = model.make_batch([train[j] for j in idx], vocab, cfg.max_len).to(device)
+            loss = model.loss(batch)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
-            n = int(mask[:, 1:].sum())
+            n = batch.n_targets
             total += loss.item() * n
             count += n
-        valid_loss = evaluate(model, valid, cfg.batch_size, eos)
+        valid_loss = evaluate(model, valid, vocab, cfg.batch_size, cfg.max_len)
         seconds = time.time() - t0
         for key, value in zip(history, (epoch, total / count, valid_loss, seconds)):
             history[key].append(value)
@@ -191,3 +175,64 @@ def train_lm(
         "n_train_tokens": n_train_tokens,
         "device": str(device),
     }
+
+
+def train_model(
+    family: str,
+    corpus_dir: str | Path,
+    out_dir: str | Path,
+    model_params: dict | None = None,
+    train_params: dict | None = None,
+    n_samples: int = 5,
+    temperature: float = 1.0,
+) -> dict:
+    """Train a reference model of ``family`` on a corpus; write model.pt, model.json, samples.txt.
+
+    Settings left out take the defaults of the family's config dataclass and :class:`TrainConfig`.
+    """
+    from ..corpus.store import load_corpus
+    from ..registry import get_family
+    from .store import save, write_samples
+
+    spec = get_family(family)
+    corpus = load_corpus(corpus_dir)
+    if corpus.format not in spec.formats:
+        raise ValueError(f"{corpus_dir}: token format {corpus.format!r} is not one {family} reads ({list(spec.formats)})")
+    cfg = TrainConfig(**(train_params or {}))
+    torch.manual_seed(cfg.seed)
+    model = spec.model_class()(spec.make_config(model_params, vocab_size=len(corpus.vocab)))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    result = spec.train_function()(
+        model,
+        [corpus.tunes[i] for i in corpus.indices("train")],
+        [corpus.tunes[i] for i in corpus.indices("heldout")],
+        corpus.token_vocab,
+        cfg,
+        checkpoint_path=out_dir / "checkpoint.pt",
+    )
+    seconds = time.time() - t0
+
+    if hasattr(model, "generate"):
+        write_samples(model, corpus.vocab, out_dir / "samples.txt", n_samples, temperature, cfg.seed)
+    else:
+        with atomic_path(out_dir / "samples.txt") as tmp:
+            tmp.write_text("")  # the family does not generate
+
+    meta = {
+        "vocab": corpus.vocab,
+        "format": corpus.format,
+        "corpus": str(corpus_dir),
+        "corpus_name": corpus.name,
+        "train_config": vars(cfg),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "training_seconds": seconds,
+        "sampling": {"n_samples": n_samples, "temperature": temperature, "seed": cfg.seed},
+        "producer": PRODUCER,
+        **result,
+    }
+    save(model, out_dir, meta)
+    (out_dir / "checkpoint.pt").unlink(missing_ok=True)  # only needed to resume an unfinished run
+    log.info("wrote %s (best held-out loss %.4f at epoch %d)", out_dir, result["best_valid_loss"], result["best_epoch"])
+    return meta

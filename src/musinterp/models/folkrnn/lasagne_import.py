@@ -58,10 +58,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import PRODUCER
-from ..io import atomic_dir
-from . import save
-from .folkrnn import FolkRNN
+from ... import PRODUCER
+from ...io import atomic_dir
+from ..store import save
+from .model import FolkRNN
 
 log = logging.getLogger(__name__)
 

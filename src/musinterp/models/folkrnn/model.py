@@ -15,22 +15,18 @@ token, so ``x W`` is a row lookup: the input matrix of layer 0 is an embedding o
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...registry import Site
+from ..interface import Batch, HookPoint
+from .spec import FolkRNNConfig, folkrnn_sites
 
-@dataclass
-class FolkRNNConfig:
-    vocab_size: int
-    hidden_size: int = 512
-    n_layers: int = 3
-    dropout: float = 0.5
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["FolkRNN", "FolkRNNConfig"]
 
 
 class FolkRNN(nn.Module):
@@ -48,12 +44,12 @@ class FolkRNN(nn.Module):
         self.c0 = nn.Parameter(torch.zeros(config.n_layers, H))
         self.head = nn.Linear(H, V)
 
-    def sites(self) -> list[str]:
-        """Names of the activation sites :meth:`run_with_states` records."""
-        names = []
-        for layer in range(self.config.n_layers):
-            names += [f"lstm{layer}_h", f"lstm{layer}_c"]
-        return names + ["softmax"]
+    def sites(self) -> list[Site]:
+        """The sites :meth:`record` returns (declared in :mod:`.spec`)."""
+        return folkrnn_sites(self.config)
+
+    def site_names(self) -> list[str]:
+        return [s.name for s in self.sites()]
 
     def _one_hot(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.one_hot(tokens, self.config.vocab_size).float()
@@ -71,33 +67,44 @@ class FolkRNN(nn.Module):
             x = self.dropout(x)
         return self.head(x)
 
-    def loss(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean next-token cross entropy over the non-padded targets of ``tokens``."""
-        logits = self(tokens[:, :-1])
-        targets = tokens[:, 1:]
-        losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-        if mask is None:
-            return losses.mean()
-        m = mask[:, 1:].float()
+    def make_batch(self, pieces: Sequence[np.ndarray], vocab, max_len: int | None = None) -> Batch:
+        """Each piece framed as folk-rnn reads it, ``<s> tune </s>`` (cut to ``max_len``): inputs
+        are the frame without its last token, targets without its first; padded with ``</s>``."""
+        bos, eos = vocab.index("<s>"), vocab.index("</s>")
+        framed = [np.concatenate([[bos], np.asarray(p, dtype=np.int64), [eos]]) for p in pieces]
+        if max_len is not None:
+            framed = [f[:max_len] for f in framed]
+        lengths = torch.tensor([len(f) - 1 for f in framed])
+        inputs = torch.full((len(framed), int(lengths.max())), eos, dtype=torch.long)
+        targets = inputs.clone()
+        for row, f in enumerate(framed):
+            inputs[row, : len(f) - 1] = torch.from_numpy(f[:-1])
+            targets[row, : len(f) - 1] = torch.from_numpy(f[1:])
+        return Batch(inputs, targets, lengths)
+
+    def loss(self, batch: Batch, reduction: str = "mean") -> torch.Tensor:
+        """Next-token cross entropy over the valid targets: mean per target, or their sum."""
+        logits = self(batch.inputs)
+        mask = batch.mask
+        if reduction == "sum":
+            targets = batch.targets.masked_fill(~mask, -100)
+            return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="sum")
+        losses = F.cross_entropy(logits.transpose(1, 2), batch.targets, reduction="none")
+        m = mask.float()
         return (losses * m).sum() / m.sum().clamp(min=1)
 
-    def site_module(self, site: str):
-        """``(module, get, put)`` for a replaceable site: the module whose forward output holds it,
-        how to read the site ``[batch, time, d]`` from that output, and how to put a new value back.
+    def record(self, batch: Batch, sites: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self.run_batch_with_states(batch.inputs, list(sites))
 
-        Replacing ``lstm{l}_h`` changes what the layers above read; the layer's own recurrence
+    def hook_point(self, site: str) -> HookPoint:
+        """Replacing ``lstm{l}_h`` changes what the layers above read; the layer's own recurrence
         keeps its true state (``nn.LSTM`` runs it internally), so the replacement does not feed back.
         """
         for layer, lstm in enumerate(self.lstms):
             if site == f"lstm{layer}_h":
-                return lstm, (lambda output: output[0]), (lambda output, new: (new, output[1]))
-        raise ValueError(
-            f"site {site!r} cannot be replaced in {self.family}; replaceable: {self.replaceable_sites()}"
-        )
-
-    def replaceable_sites(self) -> list[str]:
-        """Sites :meth:`site_module` can replace (cell states live inside the recurrence)."""
-        return [f"lstm{layer}_h" for layer in range(self.config.n_layers)]
+                return HookPoint(lstm, (lambda output: output[0]), (lambda output, new: (new, output[1])))
+        replaceable = [s.name for s in self.sites() if s.replaceable]
+        raise ValueError(f"site {site!r} cannot be replaced in {self.family}; replaceable: {replaceable}")
 
     @torch.no_grad()
     def run_with_states(self, tokens: torch.Tensor, sites: list[str] | None = None) -> dict[str, torch.Tensor]:
@@ -115,7 +122,7 @@ class FolkRNN(nn.Module):
         Sequences may be right-padded: every step depends only on earlier steps, so the rows of
         a shorter sequence are exact up to its length. Only the layers the sites need are run.
         """
-        wanted = set(self.sites() if sites is None else sites)
+        wanted = set(self.site_names() if sites is None else sites)
         last = self.config.n_layers - 1 if "softmax" in wanted else max(
             (int(name[4:].split("_")[0]) for name in wanted if name.startswith("lstm")), default=-1)
         batch, steps = tokens.shape
@@ -141,7 +148,7 @@ class FolkRNN(nn.Module):
             x = h_seq
         if "softmax" in wanted:
             out["softmax"] = torch.softmax(self.head(x), dim=-1)
-        return {name: out[name] for name in (sites or self.sites())}
+        return {name: out[name] for name in (sites or self.site_names())}
 
     @torch.no_grad()
     def generate(
@@ -181,8 +188,6 @@ class FolkRNN(nn.Module):
         the order W_in/W_hid/b for ingate, forgetgate, cell, outgate, then cell_init, hid_init;
         then the dense output W ``[hidden, vocab]`` and b.
         """
-        import numpy as np
-
         n_layers = (len(param_values) - 3) // 14
         if len(param_values) != 3 + 14 * n_layers or n_layers < 1:
             raise ValueError(f"expected 3 + 14·layers arrays, got {len(param_values)}")

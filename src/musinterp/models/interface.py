@@ -1,0 +1,100 @@
+"""What every model family implements, so that no stage needs family code.
+
+The stages (recording, SAE splicing, interventions, training, sampling) talk to a model only
+through :class:`MusicModel` and :class:`Batch`; a family's sites are declared in the registry
+(:mod:`musinterp.registry`) and :meth:`MusicModel.sites` must return the same list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, NamedTuple, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+
+from ..registry import Site
+
+
+@dataclass
+class Batch:
+    """Right-padded model inputs for several pieces.
+
+    ``inputs`` ``[batch, time]`` (or ``[batch, time, fields]`` for multi-field tokens) are what the
+    model reads; ``targets`` the same shape, what it is trained to predict (``None`` where the
+    family predicts nothing per position); ``lengths`` ``[batch]`` the number of valid positions of
+    each row (padding beyond is never recorded or scored).
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor | None
+    lengths: torch.Tensor
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """``[batch, time]`` True at valid positions."""
+        steps = torch.arange(self.inputs.shape[1], device=self.lengths.device)
+        return steps[None, :] < self.lengths[:, None]
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.lengths.sum())
+
+    def to(self, device) -> "Batch":
+        move = (lambda t: None if t is None else t.to(device))
+        return Batch(move(self.inputs), move(self.targets), move(self.lengths))
+
+
+class HookPoint(NamedTuple):
+    """Where a replaceable site lives: ``module``'s forward output holds it; ``get(output)`` reads
+    the site, ``put(output, new)`` returns the output with the site replaced."""
+
+    module: torch.nn.Module
+    get: Callable[[Any], torch.Tensor]
+    put: Callable[[Any, torch.Tensor], Any]
+
+
+@runtime_checkable
+class MusicModel(Protocol):
+    """The interface of a model family (a ``torch.nn.Module``)."""
+
+    family: ClassVar[str]
+    config: Any
+
+    def sites(self) -> list[Site]:
+        """Every recordable site, equal to the registry's list for this config."""
+
+    def make_batch(self, pieces: Sequence[np.ndarray], vocab, max_len: int | None = None) -> Batch:
+        """Frame and pad pieces of token ids (in this model's vocabulary, a
+        :class:`musinterp.corpus.vocab.Vocab`) into a :class:`Batch`."""
+
+    def record(self, batch: Batch, sites: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The requested sites for a batch, without gradients: token sites ``[batch, time, d]``
+        (row ``t`` is the state after reading input ``t``), piece sites ``[batch, d]``. Families
+        with attention also accept ``attn{layer}`` sites: patterns ``[batch, heads, time, time]``."""
+
+    def loss(self, batch: Batch, reduction: str = "mean") -> torch.Tensor:
+        """The family's own training loss on a batch: ``"mean"`` per target, or ``"sum"``."""
+
+    def hook_point(self, site: str) -> HookPoint:
+        """Where a replaceable site can be read and replaced (see :mod:`musinterp.models.hooks`)."""
+
+
+class GenerativeModel(MusicModel, Protocol):
+    def generate(self, start: list[int], end_id: int, max_len: int = 512, temperature: float = 1.0,
+                 generator: torch.Generator | None = None) -> list[int]:
+        """Sample token ids after ``start`` until ``end_id`` or ``max_len`` tokens."""
+
+
+def site_map(model: MusicModel) -> dict[str, Site]:
+    return {s.name: s for s in model.sites()}
+
+
+def check_sites(model: MusicModel, requested: Sequence[str] | None) -> list[Site]:
+    """The requested sites (default all) as :class:`Site` objects; unknown names are an error."""
+    sites = site_map(model)
+    names = list(sites) if not requested else list(requested)
+    unknown = [n for n in names if n not in sites]
+    if unknown:
+        raise ValueError(f"unknown sites {unknown} for {model.family}; available: {list(sites)}")
+    return [sites[n] for n in names]
