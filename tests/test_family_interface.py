@@ -151,3 +151,32 @@ def test_toy_family_is_in_the_registry_test():
     spec = get_family("toymlp")
     model = ToyMLP(ToyConfig(vocab_size=5))
     assert spec.site_list({}, vocab_size=5) == model.sites()
+
+
+def test_next_token_batch_frames_shifts_and_pads():
+    from musinterp.models.interface import next_token_batch
+
+    batch = next_token_batch([np.array([5, 6]), np.array([7])], bos=0, eos=1)
+    assert batch.inputs.tolist() == [[0, 5, 6], [0, 7, 1]]
+    assert batch.targets.tolist() == [[5, 6, 1], [7, 1, 1]]
+    assert batch.lengths.tolist() == [3, 2] and batch.n_targets == 5
+    assert batch.mask.tolist() == [[True, True, True], [True, True, False]]
+    cut = next_token_batch([np.array([5, 6]), np.array([7])], bos=0, eos=1, max_len=3)
+    assert cut.inputs.tolist() == [[0, 5], [0, 7]] and cut.targets.tolist() == [[5, 6], [7, 1]]
+
+
+def test_vocab_single_and_multi_field():
+    from musinterp.corpus.vocab import Vocab
+
+    v = Vocab(["<s>", "</s>", "C", "D"], format="folkrnn-v2")
+    assert v.encode(["C", "D", "C"]).tolist() == [2, 3, 2] and v.decode([3, 0]) == ["D", "<s>"]
+    assert v == ["<s>", "</s>", "C", "D"] and Vocab.from_json(v.to_json()) == v
+    with pytest.raises(ValueError, match="piece 7: tokens not in the vocabulary: \\['E'\\]"):
+        v.encode(["C", "E"], where="piece 7")
+    m = Vocab(fields={"type": ["start", "note"], "pitch": ["0", "60", "62"]}, format="events")
+    ids = m.encode([("start", "0"), ("note", "62")])
+    assert ids.tolist() == [[0, 0], [1, 2]] and m.decode(ids) == [("start", "0"), ("note", "62")]
+    assert m.sizes == [2, 3] and m.unknown([("note", "61")]) == [("note", "61")]
+    assert Vocab.from_json(m.to_json()).fields == m.fields and m.label(("note", "62")) == "note/62"
+    with pytest.raises(TypeError, match="index a field"):
+        len(m)

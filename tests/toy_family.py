@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from musinterp.models.interface import Batch, HookPoint
+from musinterp.models.interface import Batch, HookPoint, next_token_batch
 from musinterp.registry import Family, Site, register
 
 
@@ -69,15 +68,7 @@ class ToyMLP(nn.Module):
         return {"code": code, "hidden": hidden, "logits": self.head(hidden)}
 
     def make_batch(self, pieces, vocab, max_len=None) -> Batch:
-        bos, eos = vocab.index("<s>"), vocab.index("</s>")
-        framed = [np.concatenate([[bos], np.asarray(p, dtype=np.int64), [eos]])[:max_len] for p in pieces]
-        lengths = torch.tensor([len(f) - 1 for f in framed])
-        inputs = torch.full((len(framed), int(lengths.max())), eos, dtype=torch.long)
-        targets = inputs.clone()
-        for row, f in enumerate(framed):
-            inputs[row, : len(f) - 1] = torch.from_numpy(f[:-1])
-            targets[row, : len(f) - 1] = torch.from_numpy(f[1:])
-        return Batch(inputs, targets, lengths)
+        return next_token_batch(pieces, vocab.index("<s>"), vocab.index("</s>"), max_len)
 
     def loss(self, batch: Batch, reduction: str = "mean") -> torch.Tensor:
         logits = self._run(batch)["logits"]

@@ -8,7 +8,15 @@ through :class:`MusicModel` and :class:`Batch`; a family's sites are declared in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, NamedTuple, Protocol, Sequence, runtime_checkable
+from typing import (
+    Any,
+    Callable,
+    ClassVar,
+    NamedTuple,
+    Protocol,
+    Sequence,
+    runtime_checkable,
+)
 
 import numpy as np
 import torch
@@ -43,6 +51,21 @@ class Batch:
     def to(self, device) -> "Batch":
         move = (lambda t: None if t is None else t.to(device))
         return Batch(move(self.inputs), move(self.targets), move(self.lengths))
+
+
+def next_token_batch(pieces: Sequence[np.ndarray], bos: int, eos: int, max_len: int | None = None) -> Batch:
+    """The batch of a next-token model: each piece framed ``bos piece eos`` (cut to ``max_len``),
+    inputs the frame without its last token, targets without its first, right-padded with ``eos``."""
+    framed = [np.concatenate([[bos], np.asarray(p, dtype=np.int64), [eos]]) for p in pieces]
+    if max_len is not None:
+        framed = [f[:max_len] for f in framed]
+    lengths = torch.tensor([len(f) - 1 for f in framed])
+    inputs = torch.full((len(framed), int(lengths.max())), eos, dtype=torch.long)
+    targets = inputs.clone()
+    for row, f in enumerate(framed):
+        inputs[row, : len(f) - 1] = torch.from_numpy(f[:-1])
+        targets[row, : len(f) - 1] = torch.from_numpy(f[1:])
+    return Batch(inputs, targets, lengths)
 
 
 class HookPoint(NamedTuple):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...registry import Site
-from ..interface import Batch, HookPoint
+from ..interface import Batch, HookPoint, next_token_batch
 from .spec import FolkRNNConfig, folkrnn_sites
 
 __all__ = ["FolkRNN", "FolkRNNConfig"]
@@ -70,17 +70,7 @@ class FolkRNN(nn.Module):
     def make_batch(self, pieces: Sequence[np.ndarray], vocab, max_len: int | None = None) -> Batch:
         """Each piece framed as folk-rnn reads it, ``<s> tune </s>`` (cut to ``max_len``): inputs
         are the frame without its last token, targets without its first; padded with ``</s>``."""
-        bos, eos = vocab.index("<s>"), vocab.index("</s>")
-        framed = [np.concatenate([[bos], np.asarray(p, dtype=np.int64), [eos]]) for p in pieces]
-        if max_len is not None:
-            framed = [f[:max_len] for f in framed]
-        lengths = torch.tensor([len(f) - 1 for f in framed])
-        inputs = torch.full((len(framed), int(lengths.max())), eos, dtype=torch.long)
-        targets = inputs.clone()
-        for row, f in enumerate(framed):
-            inputs[row, : len(f) - 1] = torch.from_numpy(f[:-1])
-            targets[row, : len(f) - 1] = torch.from_numpy(f[1:])
-        return Batch(inputs, targets, lengths)
+        return next_token_batch(pieces, vocab.index("<s>"), vocab.index("</s>"), max_len)
 
     def loss(self, batch: Batch, reduction: str = "mean") -> torch.Tensor:
         """Next-token cross entropy over the valid targets: mean per target, or their sum."""
