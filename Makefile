@@ -23,6 +23,7 @@ test: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q
 
 lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests workflow bench
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakefmt --check Snakefile workflow/rules
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint
 

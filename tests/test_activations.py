@@ -11,6 +11,7 @@ from musinterp.activations import ActivationFile, record_activations
 from musinterp.corpus.tokens import TOKEN_TYPES
 from musinterp.models import load
 
+
 def test_every_site_follows_contract(tiny_subject):
     tmp_path, corpus = tiny_subject
     stats = record_activations(tmp_path / "model", tmp_path / "corpus", tmp_path / "acts", subject="s")

@@ -205,7 +205,10 @@ def test_clamp_sets_only_the_listed_units(tiny_model):
     model, vocab = tiny_model
     ids = torch.tensor([parse_tune(CORPUS_TUNES[1], vocab)])
     seen = {}
-    observe = lambda _m, _i, out: seen.__setitem__("h", out[0].detach().clone())
+
+    def observe(_module, _inputs, out):
+        seen["h"] = out[0].detach().clone()
+
     handle = model.lstms[0].register_forward_hook(observe)
     try:
         model(ids)

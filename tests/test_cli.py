@@ -5,7 +5,6 @@ import pickle
 import subprocess
 import sys
 
-
 from musinterp.cli import main
 
 

@@ -6,8 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from musinterp.corpus import build_corpus, load_corpus, read_manifest, write_corpus
-from musinterp.corpus import store
+from musinterp.corpus import build_corpus, load_corpus, read_manifest, store, write_corpus
 from musinterp.corpus.store import CorpusFileError, split_tunes
 
 TUNES = [

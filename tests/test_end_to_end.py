@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import run_snakemake
 from safetensors.torch import load_file
 
 from musinterp.activations import ActivationFile
-from conftest import run_snakemake
 from musinterp.models import load
 
 ROOT = Path(__file__).resolve().parents[1]

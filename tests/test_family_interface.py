@@ -18,7 +18,7 @@ from musinterp.features import build_features
 from musinterp.models import load, train_model
 from musinterp.recording import record_activations
 from musinterp.registry import FAMILIES, get_family, site_names
-from musinterp.sae.saelens import save_sae, saelens_cfg
+from musinterp.sae.saelens import saelens_cfg, save_sae
 from musinterp.sae.trainer import train_sae
 from musinterp.splice import add_loss_recovered
 

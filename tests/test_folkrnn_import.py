@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_folkrnn_model import numpy_folkrnn
 import torch
+from test_folkrnn_model import numpy_folkrnn
 
 from musinterp.models import load
 from musinterp.models.folkrnn.lasagne_import import (

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from musinterp.activations import ActivationFile, record_activations
-from musinterp.sae.saelens import save_sae, saelens_cfg
+from musinterp.sae.saelens import saelens_cfg, save_sae
 from musinterp.splice import add_loss_recovered
 
 

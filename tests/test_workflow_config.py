@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_snakemake
 
 pytestmark = pytest.mark.e2e  # runs the snakemake command
@@ -62,6 +61,12 @@ def test_snakefmt_and_lint_are_clean():
     assert fmt.returncode == 0, fmt.stderr
     lint = snakemake("--lint")
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_ruff_is_clean():
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "src", "tests", "workflow", "bench"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_conda_env_mirrors_lock():

@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import run_snakemake
+
 from musinterp.corpus.store import load_corpus
 
 ROOT = Path(__file__).resolve().parents[1]

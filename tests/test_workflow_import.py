@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import run_snakemake
+from test_folkrnn_import import folkrnn_checkpoint, py2_pickle, reference_logits
+
 from musinterp.io import git_blob_id_file
 from musinterp.models import load
-from test_folkrnn_import import folkrnn_checkpoint, py2_pickle, reference_logits
 
 TUNES = """M:4/4 K:Cmaj |: G, C 2 E C G, C E C | D 2 F D A, D F D :|
 

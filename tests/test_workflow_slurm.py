@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from slurm_cluster import PARTITION, missing_commands, start_cluster
 
 ROOT = Path(__file__).resolve().parents[1]

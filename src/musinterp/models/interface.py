@@ -49,8 +49,8 @@ class Batch:
         return int(self.lengths.sum())
 
     def to(self, device) -> "Batch":
-        move = (lambda t: None if t is None else t.to(device))
-        return Batch(move(self.inputs), move(self.targets), move(self.lengths))
+        targets = None if self.targets is None else self.targets.to(device)
+        return Batch(self.inputs.to(device), targets, self.lengths.to(device))
 
 
 def next_token_batch(pieces: Sequence[np.ndarray], bos: int, eos: int, max_len: int | None = None) -> Batch:

@@ -155,7 +155,7 @@ class FolkRNN(nn.Module):
         every step.
         """
         self.eval()
-        states = [(self.h0[l].view(1, 1, -1), self.c0[l].view(1, 1, -1)) for l in range(len(self.lstms))]
+        states = [(self.h0[i].view(1, 1, -1), self.c0[i].view(1, 1, -1)) for i in range(len(self.lstms))]
         seq = list(start)
         feed = torch.tensor([start])
         while len(seq) < max_len:
