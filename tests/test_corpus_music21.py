@@ -6,14 +6,8 @@ from pathlib import Path
 import pytest
 
 from musinterp.corpus import music21_abc
-from musinterp.corpus.music21_abc import (
-    convert_abc_file,
-    convert_abc_tune,
-    convert_collection,
-    corpus_root,
-    source_signature,
-    transposition_to_c,
-)
+from musinterp.corpus.abc_fields import SkipTune, source_signature, transposition_to_c
+from musinterp.corpus.music21_abc import convert_abc_file, convert_abc_tune, convert_collection, corpus_root
 from musinterp.corpus.tokens import key_alterations, token_type
 
 
@@ -134,12 +128,12 @@ def test_music21_key_signatures_agree_with_the_token_grammar(tonic, mode, word):
     ("K:G\nV:1\nGABc|\nV:2\nDEFG|", "multiple voices (V:) not supported"),
 ])
 def test_skipped_tunes_carry_reasons(body, reason):
-    with pytest.raises(music21_abc.SkipTune, match=reason.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(SkipTune, match=reason.replace("(", r"\(").replace(")", r"\)")):
         convert_abc_tune(f"X:1\nT:Skip me\nM:4/4\nL:1/8\n{body}\n")
 
 
 def test_free_meter_is_skipped():
-    with pytest.raises(music21_abc.SkipTune, match=r"free meter"):
+    with pytest.raises(SkipTune, match=r"free meter"):
         convert_abc_tune("X:1\nM:none\nL:1/8\nK:G\nGABc|\n")
 
 
