@@ -138,7 +138,7 @@ class SlurmCluster:
             "SlurmdTimeout=60",
             f"PlugStackConfig={r / 'plugstack.conf'}",
             f"NodeName={self.nodename} NodeAddr=127.0.0.1 NodeHostname={self.nodename} {hw} State=UNKNOWN",
-            f"PartitionName={PARTITION} Nodes={self.nodename} Default=YES MaxTime=INFINITE State=UP",
+            f"PartitionName={PARTITION} Nodes={self.nodename} Default=NO MaxTime=INFINITE State=UP",
         ]
         (r / "plugstack.conf").write_text("")  # no SPANK plugins from the system's /etc/slurm
         (r / "spool" / self.nodename).mkdir()
