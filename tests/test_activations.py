@@ -84,3 +84,17 @@ def test_reader_names_file_and_problem(tmp_path):
     (tmp_path / "junk.h5").write_text("not hdf5")
     with pytest.raises(ValueError, match="junk.h5: not a readable HDF5"):
         ActivationFile(tmp_path / "junk.h5")
+
+
+@pytest.mark.parametrize("compression", ["gzip", "lzf"])
+def test_compression_changes_the_file_not_the_values(tiny_subject, compression):
+    tmp_path, _ = tiny_subject
+    record_activations(tmp_path / "model", tmp_path / "corpus", tmp_path / "plain", subject="s", sites=["lstm0_h"])
+    record_activations(tmp_path / "model", tmp_path / "corpus", tmp_path / "packed", subject="s", sites=["lstm0_h"],
+                       compression=compression)
+    with h5py.File(tmp_path / "plain" / "lstm0_h.h5") as plain, h5py.File(tmp_path / "packed" / "lstm0_h.h5") as packed:
+        assert plain["acts"].compression is None and packed["acts"].compression == compression
+        np.testing.assert_array_equal(plain["acts"][:], packed["acts"][:])
+    with pytest.raises(ValueError, match="compression must be one of"):
+        record_activations(tmp_path / "model", tmp_path / "corpus", tmp_path / "bad", subject="s", compression="zip")
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())

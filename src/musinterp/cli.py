@@ -57,7 +57,7 @@ def _activations_record(args) -> None:
     caps = {"train": args.max_train_tunes, "heldout": args.max_heldout_tunes}
     stats = record_activations(args.model, args.corpus, args.out, subject=args.subject, sites=args.sites,
                                max_tunes={k: v for k, v in caps.items() if v is not None},
-                               **_given(args, {"seed": "seed", "batch_size": "batch_size"}))
+                               **_given(args, {"seed": "seed", "batch_size": "batch_size", "compression": "compression"}))
     print(json.dumps(stats, indent=2))
 
 
@@ -152,6 +152,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--max-heldout-tunes", type=int, default=None)
     a.add_argument("--seed", type=int)
     a.add_argument("--batch-size", type=int, help="pieces run through the model at once")
+    a.add_argument("--compression", choices=["none", "gzip", "lzf"], help="of /acts (default none)")
     a.set_defaults(func=_activations_record)
 
     sae = stages.add_parser("sae", help="sparse autoencoders").add_subparsers(dest="action", required=True)

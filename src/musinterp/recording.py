@@ -73,12 +73,14 @@ def record_activations(
     max_tunes: dict[str, int] | None = None,
     seed: int = 0,
     batch_size: int = 32,
+    compression: str = "none",
 ) -> dict:
     """Run a model over corpus pieces once and write ``{out_dir}/{site}.h5`` for every site.
 
     ``max_tunes`` caps the pieces taken from each split (a seeded random subset); a piece with a
     token the model does not know is skipped and counted. Pieces run ``batch_size`` at a time
-    (right-padded; padding rows are never written).
+    (right-padded; padding rows are never written). ``compression`` of ``/acts``: ``none``,
+    ``gzip`` or ``lzf`` (see :data:`musinterp.activations.COMPRESSION`).
     """
     from .corpus.formats import get_format
     from .corpus.store import load_corpus
@@ -121,7 +123,8 @@ def record_activations(
                         parts = [_token_rows(model_batch, row, piece, code, vocab, fmt)
                                  for row, (piece, code) in enumerate(batch)]
                         token_cols = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-                    acts = np.concatenate([states[site.name][row, :n].numpy() for row, n in enumerate(lengths)])
+                    # the valid rows, piece after piece in position order (row-major boolean indexing)
+                    acts = states[site.name][model_batch.mask].numpy()
                     cols = token_cols
                     schema = _token_schema(vocab, fmt, model_batch.targets is not None)
                 else:
@@ -135,7 +138,7 @@ def record_activations(
                              "vocab": json.dumps(vocab.to_json()), "split": json.dumps(split_json),
                              "producer": PRODUCER, "model_dir": str(model_dir), "corpus_dir": str(corpus_dir)}
                     writers[site.name] = SiteWriter(out_dir / f"{site.name}.h5", acts.shape[1], *schema, attrs,
-                                                    granularity=site.granularity)
+                                                    granularity=site.granularity, compression=compression)
                 columns = writers[site.name].columns
                 writers[site.name].append(acts, {k: np.asarray(cols[k], dtype=columns[k]) for k in columns})
             n_rows += sum(lengths)

@@ -31,6 +31,7 @@ for _subject in config["subjects"]:
             sites=recorded_sites(_subject),
             max_tunes=subject_config(_subject)["activations"].get("max_tunes", {}),
             batch_size=subject_config(_subject)["activations"]["batch_size"],
+            compression=subject_config(_subject)["activations"]["compression"],
             seed=config["seed"],
         script:
             "../scripts/record_activations.py"

@@ -18,4 +18,5 @@ record_activations(
     max_tunes=dict(snakemake.params.max_tunes),
     seed=snakemake.params.seed,
     batch_size=snakemake.params.batch_size,
+    compression=snakemake.params.compression,
 )
