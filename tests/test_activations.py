@@ -98,3 +98,29 @@ def test_compression_changes_the_file_not_the_values(tiny_subject, compression):
     with pytest.raises(ValueError, match="compression must be one of"):
         record_activations(tmp_path / "model", tmp_path / "corpus", tmp_path / "bad", subject="s", compression="zip")
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+def test_corpus_token_columns_reach_the_activation_file(tmp_path):
+    """A corpus's per-token columns are stored in tokens.h5 and copied into token-level activation
+    files, aligned to the input position that reads each token (−1 at <s>)."""
+    from musinterp.corpus.store import load_corpus, write_corpus
+    from musinterp.models import build, save
+
+    tunes = [["C", "D", "E"], ["E", "D"]]
+    rows = [{"id": i, "source": "inline", "status": "ok", "reason": ""} for i in ("a", "b")]
+    loop_pos = [[0, 1, 2], [5, 6]]
+    write_corpus(tmp_path / "corpus", "t", tunes, ["a", "b"], rows, seed=0, heldout_fraction=0.5,
+                 token_columns={"loop_position": loop_pos})
+    corpus = load_corpus(tmp_path / "corpus")
+    assert [list(c) for c in corpus.token_columns["loop_position"]] == loop_pos
+    save(build("folkrnn", vocab_size=len(corpus.vocab), hidden_size=4, n_layers=1, dropout=0.0),
+         tmp_path / "model", {"vocab": corpus.vocab})
+    record_activations(tmp_path / "model", tmp_path / "corpus", tmp_path / "acts", subject="s", sites=["lstm0_h"])
+    with ActivationFile(tmp_path / "acts" / "lstm0_h.h5") as f:
+        piece, position, values = f.column("piece"), f.column("position"), f.column("loop_position")
+    for p, expected in enumerate(loop_pos):
+        rows_p = np.flatnonzero(piece == p)
+        assert list(values[rows_p[np.argsort(position[rows_p])]]) == [-1, *expected]
+    with pytest.raises(ValueError, match="token column 'bad' must have one value per token"):
+        write_corpus(tmp_path / "c2", "t", tunes, ["a", "b"], rows, seed=0, heldout_fraction=0.5,
+                     token_columns={"bad": [[0], [1, 2]]})

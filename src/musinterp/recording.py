@@ -37,7 +37,7 @@ def choose_pieces(corpus, max_pieces: dict[str, int] | None, seed: int) -> tuple
     return chosen, split_json
 
 
-def _token_schema(vocab, fmt, with_targets: bool) -> tuple[dict, dict]:
+def _token_schema(vocab, fmt, with_targets: bool, corpus_columns=()) -> tuple[dict, dict]:
     columns = {"piece": np.int32, "position": np.int32, "token": np.int32}
     if vocab.multi_field:
         columns.update({f"token_{name}": np.int32 for name in vocab.fields})
@@ -45,10 +45,11 @@ def _token_schema(vocab, fmt, with_targets: bool) -> tuple[dict, dict]:
         columns["next_token"] = np.int32
     columns["split"] = np.uint8
     columns.update(fmt.columns)
+    columns.update({name: np.int32 for name in corpus_columns})
     return columns, {"split": list(SPLITS), **fmt.categories}
 
 
-def _token_rows(batch, row: int, piece: int, split_code: int, vocab, fmt) -> dict[str, np.ndarray]:
+def _token_rows(batch, row: int, piece: int, split_code: int, vocab, fmt, corpus) -> dict[str, np.ndarray]:
     n = int(batch.lengths[row])
     ids = batch.inputs[row, :n].numpy()
     values = {"piece": np.full(n, piece), "position": np.arange(n)}
@@ -61,6 +62,13 @@ def _token_rows(batch, row: int, piece: int, split_code: int, vocab, fmt) -> dic
             values["next_token"] = batch.targets[row, :n].numpy()
     values["split"] = np.full(n, split_code)
     values.update(fmt.annotate(vocab.decode(ids)))
+    if corpus.token_columns:
+        if batch.source is None:
+            raise ValueError(f"corpus {corpus.name!r} has per-token columns {sorted(corpus.token_columns)}, but this "
+                             "family's batches do not say which piece token each input position reads (Batch.source)")
+        source = batch.source[row, :n].numpy()
+        for name, per_piece in corpus.token_columns.items():
+            values[name] = np.where(source >= 0, per_piece[piece][source.clip(min=0)], -1)
     return values
 
 
@@ -120,13 +128,13 @@ def record_activations(
             for site in wanted:
                 if site.granularity == "token":
                     if token_cols is None:
-                        parts = [_token_rows(model_batch, row, piece, code, vocab, fmt)
+                        parts = [_token_rows(model_batch, row, piece, code, vocab, fmt, corpus)
                                  for row, (piece, code) in enumerate(batch)]
                         token_cols = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
                     # the valid rows, piece after piece in position order (row-major boolean indexing)
                     acts = states[site.name][model_batch.mask].numpy()
                     cols = token_cols
-                    schema = _token_schema(vocab, fmt, model_batch.targets is not None)
+                    schema = _token_schema(vocab, fmt, model_batch.targets is not None, corpus.token_columns)
                 else:
                     acts = states[site.name].numpy()
                     cols = {"piece": np.array([p for p, _ in batch]), "split": np.array([c for _, c in batch]),

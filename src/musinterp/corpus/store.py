@@ -62,6 +62,9 @@ class Corpus:
     split: np.ndarray  # uint8 per tune: 0 train, 1 heldout
     attrs: dict = field(default_factory=dict)
     format: str = FORMAT
+    # per-token annotations that the tokens alone do not carry (e.g. a generated song's loop and
+    # section): name -> one int32 array per tune, aligned with that tune's tokens
+    token_columns: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
     @cached_property
     def token_vocab(self):
@@ -125,13 +128,15 @@ def write_corpus(
     heldout_fraction: float,
     vocab: Sequence[str] | None = None,
     format: str = FORMAT,
+    token_columns: dict[str, Sequence[Sequence[int]]] | None = None,
 ) -> Corpus:
     """Write ``tokens.h5``, ``vocab.json`` and ``manifest.tsv`` into ``out_dir``; return the Corpus.
 
     ``manifest_rows`` has one dict per source item (keys id, source, status, reason and
     optionally n_tokens); every written tune must appear there with status ``ok``. With
     ``vocab`` given, every token must be in it. ``format`` names the token format
-    (:mod:`musinterp.corpus.formats`).
+    (:mod:`musinterp.corpus.formats`). ``token_columns`` (name -> one integer sequence per tune,
+    as long as the tune) are stored as ``/columns/<name>`` beside ``/tokens``.
     """
     from musinterp.corpus.formats import get_format
 
@@ -164,6 +169,12 @@ def write_corpus(
 
     tunes = [np.array([stoi[tok] for tok in toks], dtype=np.int32) for toks in tune_token_lists]
     lengths = np.array([len(t) for t in tunes], dtype=np.int64)
+    columns = {}
+    for col, values in (token_columns or {}).items():
+        arrays = [np.asarray(v, dtype=np.int32) for v in values]
+        if len(arrays) != len(tunes) or any(a.shape != (n,) for a, n in zip(arrays, lengths)):
+            raise ValueError(f"corpus {name!r}: token column {col!r} must have one value per token of every tune")
+        columns[col] = arrays
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     split = split_tunes(len(tunes), seed, heldout_fraction)
     attrs = {"corpus": name, "format": format, "n_tunes": len(tunes), "n_tokens": int(offsets[-1]),
@@ -182,6 +193,8 @@ def write_corpus(
             f.create_dataset("offsets", data=offsets, dtype=np.int64)
             f.create_dataset("tune_id", data=list(tune_ids), dtype=h5py.string_dtype("utf-8"))
             f.create_dataset("split", data=split, dtype=np.uint8)
+            for col, arrays in columns.items():
+                f.create_dataset(f"columns/{col}", data=np.concatenate(arrays), dtype=np.int32, compression="gzip")
             f.attrs.update(attrs)
         tmp_vocab.write_text(json.dumps({"format": format, "tokens": vocab}, indent=1) + "\n")
         with open(tmp_manifest, "w", encoding="utf-8", newline="\n") as out:
@@ -195,7 +208,7 @@ def write_corpus(
     log.info("wrote corpus %s to %s: %d tunes (%d held out), %d tokens, vocab %d; %d items skipped",
              name, out_dir, len(tunes), int(split.sum()), int(offsets[-1]), len(vocab), n_skipped)
     return Corpus(name=name, vocab=vocab, tunes=tunes, tune_ids=list(tune_ids), split=split, attrs=attrs,
-                  format=format)
+                  format=format, token_columns=columns)
 
 
 def _require(path: Path) -> Path:
@@ -232,6 +245,7 @@ def load_corpus(corpus_dir: str | os.PathLike) -> Corpus:
             tune_ids = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in f["tune_id"][()]]
             split = f["split"][()].astype(np.uint8)
             attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+            raw_columns = {name: ds[()] for name, ds in f["columns"].items()} if "columns" in f else {}
     except OSError as err:
         raise CorpusFileError(f"{tokens_path}: not a readable HDF5 file ({err})") from None
 
@@ -244,10 +258,15 @@ def load_corpus(corpus_dir: str | os.PathLike) -> Corpus:
     if len(tokens) and (tokens.min() < 0 or tokens.max() >= len(vocab)):
         raise CorpusFileError(f"{tokens_path}: token ids outside the vocabulary of {len(vocab)} ({vocab_path})")
     tunes = [tokens[offsets[i]:offsets[i + 1]].astype(np.int32) for i in range(n_tunes)]
+    bad = [name for name, values in raw_columns.items() if values.shape != tokens.shape]
+    if bad:
+        raise CorpusFileError(f"{tokens_path}: /columns/{bad[0]} is not one value per token ({len(tokens)})")
+    columns = {name: [values[offsets[i]:offsets[i + 1]] for i in range(n_tunes)] for name, values in raw_columns.items()}
     name = str(attrs.get("corpus", corpus_dir.name))
     if attrs.get("format", fmt) != fmt:
         raise CorpusFileError(f"{tokens_path}: format {attrs['format']!r} differs from {fmt!r} in {vocab_path}")
-    return Corpus(name=name, vocab=vocab, tunes=tunes, tune_ids=tune_ids, split=split, attrs=attrs, format=fmt)
+    return Corpus(name=name, vocab=vocab, tunes=tunes, tune_ids=tune_ids, split=split, attrs=attrs, format=fmt,
+                  token_columns=columns)
 
 
 def read_manifest(corpus_dir: str | os.PathLike) -> list[dict]:

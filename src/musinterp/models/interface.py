@@ -31,12 +31,15 @@ class Batch:
     ``inputs`` ``[batch, time]`` (or ``[batch, time, fields]`` for multi-field tokens) are what the
     model reads; ``targets`` the same shape, what it is trained to predict (``None`` where the
     family predicts nothing per position); ``lengths`` ``[batch]`` the number of valid positions of
-    each row (padding beyond is never recorded or scored).
+    each row (padding beyond is never recorded or scored); ``source`` ``[batch, time]`` (optional)
+    the index of the piece's token that each input position reads, −1 for framing tokens such as
+    ``<s>`` (the recorder uses it to align a corpus's per-token columns).
     """
 
     inputs: torch.Tensor
     targets: torch.Tensor | None
     lengths: torch.Tensor
+    source: torch.Tensor | None = None
 
     @property
     def mask(self) -> torch.Tensor:
@@ -49,8 +52,10 @@ class Batch:
         return int(self.lengths.sum())
 
     def to(self, device) -> "Batch":
-        targets = None if self.targets is None else self.targets.to(device)
-        return Batch(self.inputs.to(device), targets, self.lengths.to(device))
+        def move(t):
+            return None if t is None else t.to(device)
+
+        return Batch(self.inputs.to(device), move(self.targets), self.lengths.to(device), move(self.source))
 
 
 def next_token_batch(pieces: Sequence[np.ndarray], bos: int, eos: int, max_len: int | None = None) -> Batch:
@@ -65,7 +70,9 @@ def next_token_batch(pieces: Sequence[np.ndarray], bos: int, eos: int, max_len: 
     for row, f in enumerate(framed):
         inputs[row, : len(f) - 1] = torch.from_numpy(f[:-1])
         targets[row, : len(f) - 1] = torch.from_numpy(f[1:])
-    return Batch(inputs, targets, lengths)
+    # input position t reads the piece's token t − 1 (position 0 is bos)
+    source = torch.arange(inputs.shape[1])[None, :].expand(len(framed), -1) - 1
+    return Batch(inputs, targets, lengths, source)
 
 
 class HookPoint(NamedTuple):
