@@ -31,7 +31,8 @@ class TokenFormat:
 
 
 # name -> module that defines FORMAT (imported when first asked for)
-_MODULES = {"folkrnn-v2": "musinterp.corpus.formats.folkrnn_abc"}
+_MODULES = {"folkrnn-v2": "musinterp.corpus.formats.folkrnn_abc",
+            "chords": "musinterp.corpus.formats.chords", "chords-pcset": "musinterp.corpus.formats.chords_pcset"}
 _EXTRA: dict[str, TokenFormat] = {}
 
 
