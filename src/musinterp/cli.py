@@ -18,6 +18,9 @@ def _corpus_build(args) -> None:
     elif args.source == "download":
         spec = {"source": "download", "url": args.url, "format": "folkrnn"}
         spec.update({"git_blob": args.git_blob} if args.git_blob else {"sha256": args.sha256})
+    elif args.source == "popgen":
+        spec = {"source": "popgen", "popgen": _given(args, {k: k for k in (
+            "n_songs", "periods", "repeats", "substitution_rate", "keys", "tokens")})}
     else:
         spec = {"source": "local", "path": args.path, "format": "folkrnn"}
     counts = build_corpus(args.name, spec, args.out, download_dir=args.download_dir,
@@ -98,7 +101,7 @@ def parser() -> argparse.ArgumentParser:
     corpus = stages.add_parser("corpus", help="build token corpora").add_subparsers(dest="action", required=True)
     c = corpus.add_parser("build", help="tokens.h5 + vocab.json + manifest.tsv from a source")
     c.add_argument("--name", required=True)
-    c.add_argument("--source", choices=["music21", "download", "local"], required=True)
+    c.add_argument("--source", choices=["music21", "download", "local", "popgen"], required=True)
     c.add_argument("--collections", nargs="+", default=["oneills1850", "ryansMammoth", "airdsAirs",
                                                           "essenFolksong", "miscFolk"])
     c.add_argument("--max-tunes", type=int, default=None, help="per music21 collection")
@@ -107,6 +110,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--sha256")
     c.add_argument("--path")
     c.add_argument("--download-dir", help="default resources/downloads")
+    c.add_argument("--n-songs", type=int, help="popgen: number of songs")
+    c.add_argument("--periods", type=int, nargs="+", help="popgen: loop periods (4 8)")
+    c.add_argument("--repeats", type=int, nargs=2, metavar=("MIN", "MAX"), help="popgen: passes per section")
+    c.add_argument("--substitution-rate", type=float, help="popgen")
+    c.add_argument("--keys", choices=["c", "random"], help="popgen: tokens in C or in each song's key")
+    c.add_argument("--tokens", choices=["chords", "chords-pcset"], help="popgen: token format")
     c.add_argument("--seed", type=int)
     c.add_argument("--heldout-fraction", type=float)
     c.add_argument("--out", required=True)

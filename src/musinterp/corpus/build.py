@@ -5,6 +5,8 @@
 - ``{source: music21, collections: [oneills1850, ...], max_tunes_per_collection: null}``
 - ``{source: download, url: ..., git_blob: ... | sha256: ..., format: folkrnn, filename: optional}``
 - ``{source: local, path: ..., format: folkrnn}``
+- ``{source: popgen, popgen: {n_songs: 2000, periods: [4, 8], ...}}`` (generated pop songs; see
+  :class:`musinterp.corpus.pop_songs.PopGenConfig`)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from musinterp.io import fetch
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("music21", "download", "local")
+SOURCES = ("music21", "download", "local", "popgen")
 DEFAULT_DOWNLOAD_DIR = Path("resources/downloads")
 
 
@@ -81,6 +83,14 @@ def _local_records(name: str, spec: dict) -> list[TuneRecord]:
     return _folkrnn_file_records(name, spec, path, source=str(path))
 
 
+def _popgen_corpus(name: str, spec: dict, out_dir, seed: int, heldout_fraction: float) -> dict:
+    """Source popgen: generated pop songs (musinterp.corpus.pop_songs), with per-token columns
+    (/columns/<name>) and songs.json beside the corpus files."""
+    from musinterp.corpus.pop_songs import build_popgen
+
+    return build_popgen(name, spec.get("popgen"), out_dir, seed=seed, heldout_fraction=heldout_fraction)
+
+
 def build_corpus(
     name: str,
     spec: dict,
@@ -98,6 +108,8 @@ def build_corpus(
         records = _download_records(name, spec, download_dir)
     elif source == "local":
         records = _local_records(name, spec)
+    elif source == "popgen":
+        return _popgen_corpus(name, spec, out_dir, seed, heldout_fraction)
     else:
         raise ValueError(f"corpus {name!r}: unknown source {source!r} (expected one of {', '.join(SOURCES)})")
 
