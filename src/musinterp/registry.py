@@ -96,9 +96,10 @@ class Family:
 
 
 def _builtin_families() -> dict[str, Family]:
+    from musinterp.models.chordlm.spec import FAMILY as chordlm
     from musinterp.models.folkrnn.spec import FAMILY as folkrnn
 
-    return {f.name: f for f in (folkrnn,)}
+    return {f.name: f for f in (folkrnn, chordlm)}
 
 
 FAMILIES: dict[str, Family] = _builtin_families()

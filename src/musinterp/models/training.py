@@ -37,6 +37,7 @@ class TrainConfig:
     max_len: int | None = None  # truncate longer tunes (None keeps them whole)
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when available, else CPU
+    snapshot_every: int | None = None  # optimizer steps between weight snapshots (None: none), for training dynamics
 
 
 def length_batches(seqs: list[np.ndarray], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -76,6 +77,15 @@ def make_optimizer(model, cfg: TrainConfig):
     raise ValueError(f"unknown optimizer {cfg.optimizer!r} (expected 'adam' or 'rmsprop')")
 
 
+def save_snapshot(model, snapshot_dir: str | Path, step: int, epoch: int) -> Path:
+    """Write the model's current weights to ``snapshot_dir/step_{step:07d}.pt`` (atomically)."""
+    path = Path(snapshot_dir) / f"step_{step:07d}.pt"
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"step": step, "epoch": epoch, "state_dict": state}, tmp)
+    return path
+
+
 def train_lm(
     model,
     train_tunes: list[np.ndarray],
@@ -83,12 +93,18 @@ def train_lm(
     vocab,
     cfg: TrainConfig,
     checkpoint_path: str | Path | None = None,
+    snapshot_dir: str | Path | None = None,
 ) -> dict:
     """Train ``model`` in place on pieces of token ids (in ``vocab``); return the history and
     leave the best held-out weights loaded.
 
     If ``checkpoint_path`` holds a checkpoint of the same run settings, training resumes from it.
+    With ``cfg.snapshot_every`` set, the weights are also saved before the first step and after
+    every ``snapshot_every`` optimizer steps, as ``{"step", "epoch", "state_dict"}`` in
+    ``snapshot_dir/step_{step:07d}.pt`` (the weights as they are then, not the best ones).
     """
+    if cfg.snapshot_every is not None and (cfg.snapshot_every < 1 or snapshot_dir is None):
+        raise ValueError(f"snapshot_every={cfg.snapshot_every} needs a positive value and a snapshot_dir")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     if cfg.max_train_tunes is not None and len(train_tunes) > cfg.max_train_tunes:
@@ -103,7 +119,7 @@ def train_lm(
     optimizer = make_optimizer(model, cfg)
     history = {"epoch": [], "train_loss": [], "valid_loss": [], "seconds": []}
     best = {"valid_loss": math.inf, "epoch": -1, "state": None}
-    start_epoch = 0
+    start_epoch = step = 0
 
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if ckpt is not None and ckpt.exists():
@@ -112,6 +128,7 @@ def train_lm(
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             history, best, start_epoch = saved["history"], saved["best"], saved["epoch"] + 1
+            step = saved.get("step", 0)
             torch.set_rng_state(saved["torch_rng"].cpu())
             rng.bit_generator.state = saved["numpy_rng"]
             log.info("resumed from %s at epoch %d", ckpt, start_epoch)
@@ -122,6 +139,10 @@ def train_lm(
         "training %s: %d train tunes (%d tokens), %d held-out tunes, %d parameters",
         type(model).__name__, len(train), n_train_tokens, len(valid), sum(p.numel() for p in model.parameters()),
     )
+    if cfg.snapshot_every is not None and step == 0:
+        for stale in Path(snapshot_dir).glob("step_*.pt"):  # of an earlier run: a fresh run replaces them
+            stale.unlink()
+        save_snapshot(model, snapshot_dir, step, start_epoch)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         for group in optimizer.param_groups:
@@ -136,6 +157,9 @@ def train_lm(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+            step += 1
+            if cfg.snapshot_every is not None and step % cfg.snapshot_every == 0:
+                save_snapshot(model, snapshot_dir, step, epoch)
             n = batch.n_targets
             total += loss.item() * n
             count += n
@@ -156,7 +180,7 @@ def train_lm(
                     {
                         "train_config": asdict(cfg), "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(), "history": history, "best": best,
-                        "epoch": epoch, "torch_rng": torch.get_rng_state(),
+                        "epoch": epoch, "step": step, "torch_rng": torch.get_rng_state(),
                         "numpy_rng": rng.bit_generator.state,
                     },
                     tmp,
@@ -204,6 +228,8 @@ def train_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    # passed only when asked for, so trainers without snapshot support keep working
+    snapshots = {} if cfg.snapshot_every is None else {"snapshot_dir": out_dir / "snapshots"}
     result = spec.train_function()(
         model,
         [corpus.tunes[i] for i in corpus.indices("train")],
@@ -211,6 +237,7 @@ def train_model(
         corpus.token_vocab,
         cfg,
         checkpoint_path=out_dir / "checkpoint.pt",
+        **snapshots,
     )
     seconds = time.time() - t0
 
