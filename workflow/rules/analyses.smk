@@ -110,3 +110,71 @@ rule s2_folkrnn_notebook:
         runtime=30,
     script:
         "../scripts/s2_folkrnn_notebook.py"
+
+
+# S4: induction heads in chordlm models. One rule per model writes its tables; one notebook
+# compares every model of the study (layers, MLPs, seeds).
+S4_TABLES = [
+    "copies",
+    "heads",
+    "composition",
+    "ablation",
+    "dynamics",
+    "loops",
+    "sections",
+    "transposition",
+]
+
+
+rule s4_chordlm:
+    input:
+        model="results/models/{subject}/model.pt",
+        meta="results/models/{subject}/model.json",
+        tokens=lambda w: f"{corpus_dir(w.subject)}/tokens.h5",
+    output:
+        **{name: f"results/analyses/{{subject}}/s4/{name}.tsv" for name in S4_TABLES},
+        curves="results/analyses/{subject}/s4/curves.npz",
+        meta="results/analyses/{subject}/s4/model.json",
+    log:
+        "results/logs/analyses/{subject}_s4_chordlm.log",
+    benchmark:
+        "results/benchmarks/analyses/{subject}_s4_chordlm.tsv"
+    wildcard_constraints:
+        subject=one_of(s4_subjects()),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        s4=lambda w: subject_config(w.subject)["s4"],
+    script:
+        "../scripts/s4_chordlm.py"
+
+
+# The notebook only reads the tables of s4_chordlm, for every model of the study.
+rule s4_notebook:
+    input:
+        notebook=workflow.source_path("../notebooks/s4_induction.py"),
+        tables=expand(
+            "results/analyses/{subject}/s4/{table}.tsv",
+            subject=s4_subjects(),
+            table=S4_TABLES,
+        ),
+        curves=expand("results/analyses/{subject}/s4/curves.npz", subject=s4_subjects()),
+        meta=expand("results/analyses/{subject}/s4/model.json", subject=s4_subjects()),
+    output:
+        notebook="results/notebooks/s4_induction.ipynb",
+    log:
+        "results/logs/notebooks/s4_induction.log",
+    benchmark:
+        "results/benchmarks/notebooks/s4_induction.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    script:
+        "../scripts/s4_notebook.py"

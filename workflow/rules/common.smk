@@ -168,6 +168,11 @@ def s2_parameters(subject):
     return dict(subject_config(subject).get("s2", {}))
 
 
+def s4_subjects():
+    """Subjects with an s4: section (chordlm models in study S4)."""
+    return [s for s, cfg in config["subjects"].items() if "s4" in cfg]
+
+
 def all_targets():
     targets = []
     for subject in config["subjects"]:
@@ -180,6 +185,8 @@ def all_targets():
             subject
         ):
             targets.append(f"results/reports/{subject}_s2_folkrnn.html")
+    if s4_subjects():
+        targets.append("results/reports/s4_induction.html")
     for subject, site, spec in sae_runs():
         base = f"{subject}/{site}/{spec['name']}"
         targets += [
