@@ -7,6 +7,8 @@
 - ``{source: local, path: ..., format: folkrnn}``
 - ``{source: popgen, popgen: {n_songs: 2000, periods: [4, 8], ...}}`` (generated pop songs; see
   :class:`musinterp.corpus.pop_songs.PopGenConfig`)
+- ``{source: rs200, rs200: {annotator: dt, base_url: ..., layout: repo, ...}}`` (the RS200 rock corpus
+  of de Clercq & Temperley, files fetched by URL and git blob id; see :mod:`musinterp.corpus.rs200`)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from musinterp.io import fetch
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("music21", "download", "local", "popgen")
+SOURCES = ("music21", "download", "local", "popgen", "rs200")
 DEFAULT_DOWNLOAD_DIR = Path("resources/downloads")
 
 
@@ -91,6 +93,15 @@ def _popgen_corpus(name: str, spec: dict, out_dir, seed: int, heldout_fraction: 
     return build_popgen(name, spec.get("popgen"), out_dir, seed=seed, heldout_fraction=heldout_fraction)
 
 
+def _rs200_corpus(name: str, spec: dict, out_dir, seed: int, heldout_fraction: float, download_dir) -> dict:
+    """Source rs200: the RS200 harmony analyses (musinterp.corpus.rs200), with per-token section,
+    key and degree columns (/columns/<name>) and songs.json beside the corpus files."""
+    from musinterp.corpus.rs200 import build_rs200
+
+    return build_rs200(name, spec.get("rs200"), out_dir, seed=seed, heldout_fraction=heldout_fraction,
+                       download_dir=download_dir or DEFAULT_DOWNLOAD_DIR)
+
+
 def build_corpus(
     name: str,
     spec: dict,
@@ -110,6 +121,8 @@ def build_corpus(
         records = _local_records(name, spec)
     elif source == "popgen":
         return _popgen_corpus(name, spec, out_dir, seed, heldout_fraction)
+    elif source == "rs200":
+        return _rs200_corpus(name, spec, out_dir, seed, heldout_fraction, download_dir)
     else:
         raise ValueError(f"corpus {name!r}: unknown source {source!r} (expected one of {', '.join(SOURCES)})")
 
