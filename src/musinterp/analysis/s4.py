@@ -84,8 +84,8 @@ def run_s4(model_dir: str | Path, corpus_dir: str | Path, out_dir: str | Path, *
         df = tables[name]
         with atomic_path(out_dir / f"{name}.tsv") as tmp:
             (df if df is not None else _empty()).to_csv(tmp, sep="\t", index=False)
-    with atomic_path(out_dir / "curves.npz", suffix=".npz") as tmp:
-        np.savez(tmp, **curves)
+    with atomic_path(out_dir / "curves.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **curves)  # a file object: np.savez would append ".npz" to a temporary name
     config = dict(model.config.to_dict())
     write_json(out_dir / "model.json", {
         "model_dir": str(model_dir), "corpus_dir": str(corpus_dir), "config": config,
