@@ -20,17 +20,14 @@ from musinterp.corpus.rs200 import (
     SECTION_KINDS,
     SECTION_LABELS,
     RS200Config,
-    RS200Error,
     fetch_rs200,
-    key_pc,
-    parse_chord,
-    parse_har,
-    read_expanded,
     read_song,
     rs200_files,
     section_kind,
 )
 from musinterp.corpus.rs200_blobs import COMMIT, HARMONY, HARMONY_EXP
+from musinterp.corpus.rs200_har import parse_har, read_expanded
+from musinterp.corpus.rs200_numerals import RS200Error, key_pc, parse_chord
 from musinterp.io import ChecksumError, git_blob_id_file
 
 ROOT = Path(__file__).resolve().parents[1]
