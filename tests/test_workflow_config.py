@@ -32,6 +32,12 @@ def test_default_config_dry_run(tmp_path):
     assert "train_sae" in result.stdout and "render_notebook" in result.stdout
 
 
+@pytest.mark.parametrize("name", ["folkrnn_v2.yaml", "folkrnn_v2_train.yaml", "s4_rs200.yaml"])
+def test_opt_in_configs_dry_run(tmp_path, name):
+    result = snakemake("-n", "--configfile", str(ROOT / "configs" / name), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
 def test_unknown_key_stops_before_any_job(tmp_path):
     path = write_config(tmp_path, lambda c: c["subjects"]["folkrnn_small"]["train"].update(epoks=3))
     result = snakemake("-n", "--configfile", str(path), cwd=tmp_path)

@@ -18,7 +18,13 @@ import numpy as np
 
 from ..io import atomic_path, write_json
 from .s4_circuits import ablation_table, composition_table, copies_table, dynamics_table, heads_table
-from .s4_songs import loops_table, sections_table, song_predictions, transposition_table
+from .s4_songs import (
+    loops_table,
+    section_returns_table,
+    sections_table,
+    song_predictions,
+    transposition_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +71,22 @@ def run_s4(model_dir: str | Path, corpus_dir: str | Path, out_dir: str | Path, *
                                                                  n_sequences, seed))
     tables["dynamics"] = timed("dynamics", lambda: dynamics_table(model, vocab, Path(model_dir) / "snapshots",
                                                                  length, n_sequences, seed))
-    needed = ("period", "loop_repeat", "ambiguous", "section_occurrence")
-    if all(c in corpus.token_columns for c in needed):
-        columns = {name: [corpus.token_columns[name][p] for p in known] for name in corpus.token_columns}
+    for name in ("loops", "sections", "transposition"):
+        tables[name] = None
+    columns = {name: [corpus.token_columns[name][p] for p in known] for name in corpus.token_columns}
+    has_loops = all(c in columns for c in ("period", "loop_repeat", "ambiguous", "section_occurrence"))
+    if has_loops or "section_occurrence" in columns:
         pred = timed("predictions", lambda: song_predictions(model, vocab, songs, columns, known))
+    if has_loops:  # generated songs
         tables["loops"] = loops_table(pred)
         tables["sections"] = sections_table(pred)
         tables["transposition"] = timed("transposition",
                                         lambda: transposition_table(model, vocab, corpus, known, shifts))
+    elif "section_occurrence" in columns:  # real songs with sections (RS200): in-context learning
+        tables["sections"] = section_returns_table(pred)
+        log.info("%s has sections but no loops: loops and transposition left empty", corpus_dir)
     else:
-        log.warning("%s has no loop/section columns %s: loops, sections, transposition left empty", corpus_dir, needed)
-        for name in ("loops", "sections", "transposition"):
-            tables[name] = None
+        log.warning("%s has no loop or section columns: loops, sections, transposition left empty", corpus_dir)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,8 @@ song cut to the model's context); the ``</s>`` target is not scored. Tables (col
   first return, 2+ later), ``n``, ``n_correct``, ``accuracy`` — over the first pass of each section's
   loop (``loop_repeat == 0``), which nothing inside the section predicts: only an earlier
   occurrence of the section does;
+  For a corpus with sections but no loops (RS200) the table is over every chord of a named
+  section instead (:func:`section_returns_table`);
 - ``transposition``: ``shift`` (semitones every chord root was moved), ``songs``, ``skipped`` (songs
   with a chord the model's vocabulary lacks), ``accuracy_repeats`` (accuracy on loop passes after
   the first), ``accuracy_first_pass``, ``induction_max`` (the best head's induction score on the songs).
@@ -62,6 +64,14 @@ def sections_table(pred: pd.DataFrame) -> pd.DataFrame:
     first = pred[(pred["period"] > 0) & (pred["loop_repeat"] == 0) & (pred["index"] > 0)]
     first = first.assign(section_occurrence=first["section_occurrence"].clip(upper=2))
     return accuracy_by(first["correct"].to_numpy(), first, ["section_occurrence"])
+
+
+def section_returns_table(pred: pd.DataFrame) -> pd.DataFrame:
+    """For corpora with sections but no loop annotation (RS200): accuracy over every chord of a
+    section, by the section's occurrence in the song (unnamed passages, occurrence −1, left out)."""
+    named = pred[(pred["section_occurrence"] >= 0) & (pred["index"] > 0)]
+    named = named.assign(section_occurrence=named["section_occurrence"].clip(upper=2))
+    return accuracy_by(named["correct"].to_numpy(), named, ["section_occurrence"])
 
 
 def transpose_tokens(tokens: list[str], shift: int) -> list[str]:
