@@ -156,14 +156,19 @@ def test_max_rows_and_no_split(tmp_path):
 def test_summary_counts():
     f1 = {  # unit: F1 per attribute
         0: [0.9, 0.6, 0.1], 1: [0.2, 0.3, 0.5], 2: [0.7, 0.0, 0.0], 3: [0.0, 0.0, 0.0]}
-    rows = [{"kind": "neuron", "index": u, "attribute": a, "f1": f}
+    rows = [{"kind": "neuron", "index": u, "attribute": a, "f1": f, "precision": 0.9, "base_rate": 0.1}
             for u, fs in f1.items() for a, f in zip("xyz", fs)]
-    rows += [{"kind": "latent", "index": 0, "attribute": a, "f1": 1.0} for a in "xyz"]
+    # a dense unit: F1 0.8 only because the value is common (precision = base rate, lift 1)
+    rows += [{"kind": "neuron", "index": 4, "attribute": "x", "f1": 0.8, "precision": 0.6, "base_rate": 0.6}]
+    rows += [{"kind": "latent", "index": 0, "attribute": a, "f1": 1.0, "precision": 1.0, "base_rate": 0.2}
+             for a in "xyz"]
     s = polysemanticity_summary(pd.DataFrame(rows)).set_index("kind")
-    assert s.loc["neuron", "units"] == 4
-    assert s.loc["neuron", "labelled"] == 0.5  # units 0 and 2; 0.5 itself is not above
-    assert s.loc["neuron", "concepts_per_unit"] == pytest.approx((2 + 0 + 1 + 0) / 4)
-    assert s.loc["neuron", "mean_best_f1"] == pytest.approx((0.9 + 0.5 + 0.7 + 0.0) / 4)
+    assert s.loc["neuron", "units"] == 5
+    assert s.loc["neuron", "labelled"] == 0.4  # units 0 and 2; 0.5 itself is not above; unit 4 has lift 1
+    assert s.loc["neuron", "concepts_per_unit"] == pytest.approx((2 + 0 + 1 + 0 + 0) / 5)
+    assert s.loc["neuron", "mean_best_f1"] == pytest.approx((0.9 + 0.5 + 0.7 + 0.0 + 0.8) / 5)
+    dense_ok = polysemanticity_summary(pd.DataFrame(rows), min_lift=1.0).set_index("kind")
+    assert dense_ok.loc["neuron", "labelled"] == 0.6
     assert (s.loc["latent", "units"], s.loc["latent", "labelled"], s.loc["latent", "concepts_per_unit"]) == (1, 1.0, 3)
     assert polysemanticity_summary(pd.DataFrame(rows), threshold=0.95).loc[0, "labelled"] == 1.0  # latent
 

@@ -22,6 +22,8 @@
 
 # %% tags=["parameters"]
 s4_dirs = []
+units = []  # polysemanticity summaries of rule s4_units (neurons vs SAE latents)
+universality = []  # seed-pair summaries of rule s4_universality
 
 # %%
 import json
@@ -190,6 +192,34 @@ if len(dy):
     plt.show()
 
 # %% [markdown]
+# ## 10. Neurons against SAE latents: which chord attribute does a unit stand for?
+# For each unit and each attribute (root, quality, scale degree, position in the loop, section), the
+# best value v of the rule "active ⇒ attribute = v" on held-out tokens, with its F1. A unit is
+# labelled when its best F1 exceeds 0.5 and the rule's precision is at least twice the value's base rate (fixed
+# conventions, not tuned: a unit active on most tokens would otherwise "predict" the commonest value);
+# concepts per unit counts
+# the attributes above it (attributes overlap: in C, degree equals root).
+
+# %%
+poly = pd.concat([pd.read_csv(p, sep="\t") for p in units], ignore_index=True) if units else pd.DataFrame()
+if len(poly):
+    display(poly.set_index(["subject", "site", "sae", "kind"]).round(3))
+
+# %% [markdown]
+# ## 11. Universality across seeds
+# The same circuit in every seed (best previous-token and induction heads per seed, above), and SAE
+# latents of two seeds matched by activation correlation over the same held-out tokens: the share of
+# live latents whose best match has r > 0.7, against the same for the raw neurons.
+
+# %%
+uni = pd.DataFrame([json.loads(Path(p).read_text()) for p in universality])
+if len(uni):
+    display(uni[["a", "b", "site", "sae", "share_latents_matched", "share_neurons_matched", "mean_best_r_latents",
+                 "n_live_latents_a", "n_live_latents_b", "n_rows"]].set_index(["a", "b"]).round(3))
+seed_heads = best.merge(prev_best[["model", "previous_token"]].rename(columns={"previous_token": "prev_best"}))
+display(seed_heads[["model", "seed", "layer", "head", "induction", "prev_best"]].set_index("model"))
+
+# %% [markdown]
 # ## Findings
 # The numbers of the tables above, beside the expectations the study starts from (Olsson et al.
 # 2022: induction heads need two layers — a one-layer attention-only model cannot form them — and
@@ -224,4 +254,10 @@ if len(sc):
     for label, row in sc.pivot_table(index="model", columns="section_occurrence", values="accuracy").iterrows():
         lines.append(f"- {label}: accuracy on a section's first pass, first occurrence "
                      f"{row.get(0, np.nan):.2f}, first return {row.get(1, np.nan):.2f}.")
+for _, row in poly.iterrows():
+    lines.append(f"- {row['subject']} {row['site']}: {row['labelled']:.0%} of {int(row['units'])} {row['kind']}s are "
+                 f"labelled (best F1 > {row['threshold']}), {row['concepts_per_unit']:.2f} concepts per unit.")
+for _, row in uni.iterrows():
+    lines.append(f"- {row['a']} vs {row['b']} ({row['sae']}): {row['share_latents_matched']:.0%} of SAE latents and "
+                 f"{row['share_neurons_matched']:.0%} of neurons have a partner with r > {row['threshold']}.")
 display(Markdown("\n".join(lines)))

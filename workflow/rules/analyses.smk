@@ -153,10 +153,65 @@ rule s4_chordlm:
         "../scripts/s4_chordlm.py"
 
 
+# S4 item 10: how well each neuron and each SAE latent of a site predicts a chord attribute.
+rule s4_units:
+    input:
+        acts="results/activations/{subject}/{site}.h5",
+        cfg="results/sae/{subject}/{site}/{sae}/cfg.json",
+    output:
+        table="results/analyses/{subject}/s4/units/{site}/{sae}.tsv",
+        summary="results/analyses/{subject}/s4/units/{site}/{sae}_summary.tsv",
+    log:
+        "results/logs/analyses/{subject}_s4_units_{site}_{sae}.log",
+    benchmark:
+        "results/benchmarks/analyses/{subject}_s4_units_{site}_{sae}.tsv"
+    wildcard_constraints:
+        subject=one_of(s4_subjects()),
+    conda:
+        ENV
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../scripts/s4_units.py"
+
+
+# S4 item 11: SAE latents (and neurons) of two seeds of one model matched by correlation.
+rule s4_universality:
+    input:
+        acts_a="results/activations/{a}/{site}.h5",
+        cfg_a="results/sae/{a}/{site}/{sae}/cfg.json",
+        acts_b="results/activations/{b}/{site}.h5",
+        cfg_b="results/sae/{b}/{site}/{sae}/cfg.json",
+    output:
+        table="results/analyses/s4_universality/{a}__{b}/{site}/{sae}.tsv",
+        summary="results/analyses/s4_universality/{a}__{b}/{site}/{sae}.json",
+    log:
+        "results/logs/analyses/s4_universality_{a}__{b}_{site}_{sae}.log",
+    wildcard_constraints:
+        a=one_of(s4_subjects()),
+        b=one_of(s4_subjects()),
+    conda:
+        ENV
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../scripts/s4_universality.py"
+
+
 # The notebook only reads the tables of s4_chordlm, for every model of the study.
 rule s4_notebook:
     input:
         notebook=workflow.source_path("../notebooks/s4_induction.py"),
+        units=[
+            f"results/analyses/{s}/s4/units/{site}/{sae}_summary.tsv"
+            for s, site, sae in s4_unit_runs()
+        ],
+        universality=[
+            f"results/analyses/s4_universality/{a}__{b}/{site}/{sae}.json"
+            for a, b, site, sae in s4_seed_pairs()
+        ],
         tables=expand(
             "results/analyses/{subject}/s4/{table}.tsv",
             subject=s4_subjects(),

@@ -173,6 +173,33 @@ def s4_subjects():
     return [s for s, cfg in config["subjects"].items() if "s4" in cfg]
 
 
+def s4_unit_runs():
+    """(subject, site, sae) for every SAE of an S4 subject: neurons against latents (item 10)."""
+    return [
+        (s, site, spec["name"]) for s, site, spec in sae_runs() if s in s4_subjects()
+    ]
+
+
+def s4_seed_pairs():
+    """(subject a, subject b, site, sae): S4 subjects with the same model and SAE but different
+    seeds, whose SAE latents are matched across seeds (universality, item 11)."""
+    import json
+
+    runs = s4_unit_runs()
+    pairs = []
+    for i, (a, site, sae) in enumerate(runs):
+        for b, site_b, sae_b in runs[i + 1 :]:
+            same = json.dumps(subject_config(a)["model"], sort_keys=True) == json.dumps(
+                subject_config(b)["model"], sort_keys=True
+            )
+            seeds = [
+                subject_config(x)["train"].get("seed", config["seed"]) for x in (a, b)
+            ]
+            if same and (site, sae) == (site_b, sae_b) and seeds[0] != seeds[1]:
+                pairs.append((a, b, site, sae))
+    return pairs
+
+
 def all_targets():
     targets = []
     for subject in config["subjects"]:

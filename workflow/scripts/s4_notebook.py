@@ -7,4 +7,5 @@ from musinterp.notebooks import execute_notebook
 
 setup_logging(snakemake.log[0])
 s4_dirs = [str(Path(meta).parent) for meta in snakemake.input.meta]
-execute_notebook(snakemake.input.notebook, snakemake.output.notebook, {"s4_dirs": s4_dirs})
+parameters = {"s4_dirs": s4_dirs, "units": list(snakemake.input.units), "universality": list(snakemake.input.universality)}
+execute_notebook(snakemake.input.notebook, snakemake.output.notebook, parameters)

@@ -201,19 +201,28 @@ def unit_attribute_table(acts_path, sae_dir=None, attributes: Sequence[str] = AT
     return pd.concat(frames, ignore_index=True)[TABLE_COLUMNS]
 
 
-def polysemanticity_summary(table: pd.DataFrame, threshold: float = F1_THRESHOLD) -> pd.DataFrame:
-    """Per kind: ``units``, ``labelled`` (share with best F1 > threshold), ``concepts_per_unit``
-    (mean number of attributes with F1 > threshold), ``mean_best_f1``, ``threshold``."""
+MIN_LIFT = 2.0
+
+
+def polysemanticity_summary(table: pd.DataFrame, threshold: float = F1_THRESHOLD,
+                            min_lift: float = MIN_LIFT) -> pd.DataFrame:
+    """Per kind: ``units``, ``labelled`` (share of units with a concept), ``concepts_per_unit``
+    (mean number of attributes that are concepts of the unit), ``mean_best_f1``, ``threshold``,
+    ``min_lift``. An attribute is a concept of a unit when the rule's F1 > ``threshold`` *and* its
+    precision is at least ``min_lift`` times the value's base rate: a unit active on nearly every
+    token has precision ≈ base rate, and its F1 2p/(1+p) passes 0.5 for any value with p > 1/3, so
+    F1 alone would label every dense unit with the commonest value."""
     out = []
     for kind, g in table.groupby("kind", sort=True):
-        per_unit = g.assign(above=g["f1"] > threshold).groupby("index").agg(
+        lift = g["precision"] / g["base_rate"].where(g["base_rate"] > 0)
+        per_unit = g.assign(above=(g["f1"] > threshold) & (lift >= min_lift)).groupby("index").agg(
             best=("f1", "max"), concepts=("above", "sum"))
         out.append({"kind": kind, "units": len(per_unit),
-                    "labelled": float((per_unit["best"] > threshold).mean()),
+                    "labelled": float((per_unit["concepts"] > 0).mean()),
                     "concepts_per_unit": float(per_unit["concepts"].mean()),
-                    "mean_best_f1": float(per_unit["best"].mean()), "threshold": threshold})
+                    "mean_best_f1": float(per_unit["best"].mean()), "threshold": threshold, "min_lift": min_lift})
     return pd.DataFrame(out, columns=["kind", "units", "labelled", "concepts_per_unit", "mean_best_f1",
-                                      "threshold"])
+                                      "threshold", "min_lift"])
 
 
 def _check_same_tokens(fa: ActivationFile, fb: ActivationFile) -> None:
