@@ -152,3 +152,15 @@ def test_s2_schema_defaults_are_run_s2_defaults():
         if "default" in prop:
             default = signature[name].default
             assert prop["default"] == (list(default) if isinstance(default, tuple) else default), name
+
+
+def test_s4_schema_defaults_are_run_s4_defaults():
+    import inspect
+
+    from musinterp.analysis.s4 import run_s4
+
+    schema = family_schema("chordlm")["properties"]["s4"]["properties"]
+    signature = inspect.signature(run_s4).parameters
+    for name, prop in schema.items():
+        default = signature[name].default
+        assert prop["default"] == (list(default) if isinstance(default, tuple) else default), name

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 TABLES = ("copies", "heads", "composition", "ablation", "dynamics", "loops", "sections", "transposition")
 
 
-def run_s4(model_dir: str | Path, corpus_dir: str | Path, out_dir: str | Path, *, lengths=(8, 16),
+def run_s4(model_dir: str | Path, corpus_dir: str | Path, out_dir: str | Path, *, lengths=(11, 8, 16),
            n_sequences: int = 64, seed: int = 0, max_songs: int = 200, shifts=(0, 2, 5, 7),
            n_random: int = 100) -> dict:
     """Run S4 on one model; ``lengths`` of the repeated random sequences (the first is used for the
