@@ -112,7 +112,8 @@ def test_hand_built_copies(circuit):
 def test_hand_built_heads(circuit):
     model, heads = circuit
     assert list(heads.columns) == ["layer", "head", "previous_token", "duplicate_token", "induction",
-                                   "previous_token_songs", "duplicate_token_songs", "induction_songs", "copying"]
+                                   "previous_token_songs", "duplicate_token_songs", "induction_songs",
+                                   "lookback_3_songs", "lookback_7_songs", "copying"]
     assert heads[["layer", "head"]].values.tolist() == [[layer, h] for layer in range(2) for h in range(H)]
     by = heads.set_index(["layer", "head"])
     assert by.loc[(0, H0), "previous_token"] > 0.9
@@ -395,3 +396,32 @@ def test_run_s4_rejects_other_families(tiny_subject):
     root, _ = tiny_subject
     with pytest.raises(ValueError, match="chordlm"):
         run_s4(root / "model", root / "corpus", root / "out")
+
+
+def test_lookback_scores_find_a_fixed_distance_head():
+    """A head that attends exactly 7 back (the positional shortcut for 8-chord loops) scores 1 on
+    lookback_7_songs and 0 on lookback_3_songs; hand-set positional weights, no tokens involved."""
+    import torch
+
+    from musinterp.analysis.s4_circuits import heads_table
+    from musinterp.models.chordlm.model import ChordLM
+    from musinterp.models.chordlm.spec import ChordLMConfig
+
+    n_ctx, V = 24, 6
+    model = ChordLM(ChordLMConfig(vocab_size=V, n_layers=1, n_heads=1, d_model=n_ctx, d_head=n_ctx, d_mlp=0,
+                                  n_ctx=n_ctx, normalization="none"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.pos_embed.W_pos.copy_(torch.eye(n_ctx))  # position i is basis vector i
+        model.blocks[0].attn.W_Q[0].copy_(torch.eye(n_ctx) * 500)  # logit 500/sqrt(24): one-hot attention
+        shift = torch.zeros(n_ctx, n_ctx)
+        for i in range(7, n_ctx):
+            shift[i - 7, i] = 1.0  # key of position i - 7 matches query i
+        model.blocks[0].attn.W_K[0].copy_(shift)
+    vocab = ["<s>", "</s>", "C:maj", "F:maj", "G:maj", "A:min"]
+    songs = [np.array([2, 3, 4, 5] * 5)]
+    heads = heads_table(model, vocab, songs, length=5, n=2, seed=0)
+    # rows i >= 7 attend to i − 7 only; rows before it spread over the prefix and are not counted
+    assert heads.loc[0, "lookback_7_songs"] == pytest.approx(1.0, abs=1e-6)
+    assert heads.loc[0, "lookback_3_songs"] < 0.2

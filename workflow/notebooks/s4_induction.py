@@ -94,6 +94,10 @@ hd = T["heads"]
 best = hd.sort_values("induction", ascending=False).groupby("model").head(1)
 display(best[["model", "layer", "head", "induction", "induction_songs", "previous_token", "copying"]]
         .set_index("model"))
+lookback = hd.sort_values("lookback_7_songs", ascending=False).groupby("model").head(1)
+display(Markdown("Heads that look a fixed distance back on the songs (3 and 7: the positional shortcut "
+                 "for 4- and 8-chord loops, which needs no induction):"))
+display(lookback[["model", "layer", "head", "lookback_3_songs", "lookback_7_songs", "induction"]].set_index("model"))
 prev_best = hd.sort_values("previous_token", ascending=False).groupby("model").head(1)
 display(prev_best[["model", "layer", "head", "previous_token", "previous_token_songs"]].set_index("model"))
 fig, ax = plt.subplots(figsize=(10, 3.5))
@@ -227,6 +231,10 @@ display(seed_heads[["model", "seed", "layer", "head", "induction", "prev_best"]]
 
 # %%
 lines = []
+for _, row in lookback.iterrows():
+    lines.append(f"- {row['model']}: the head most attending 7 chords back on the songs is {int(row['layer'])}."
+                 f"{int(row['head'])} (mean attention {row['lookback_7_songs']:.2f} to i − 7; induction score on "
+                 f"random repeats {row['induction']:.2f}).")
 L = (cp[cp["length"] == cp["length"].min()].groupby(["n_layers", "attn_only"])[["first", "second", "gap"]].mean())
 for (n_layers, attn_only), row in L.iterrows():
     lines.append(f"- {n_layers} layer(s), {'attention-only' if attn_only else 'with MLPs'}: loss on the first copy "

@@ -8,14 +8,18 @@ Tables (columns):
   next-token loss on each copy, nats), ``gap`` = first − second;
 - ``heads``: ``layer``, ``head``, ``previous_token``, ``duplicate_token``, ``induction`` (on the
   random repeats, :func:`musinterp.analysis.induction.repeated_induction_scores`), the same three on
-  real held-out songs (``*_songs``), ``copying`` (OV copying score Σλ/Σ|λ|);
+  real held-out songs (``*_songs``), ``lookback_3_songs`` and ``lookback_7_songs`` (mean attention
+  from i to i − 3, i − 7 on the songs: the positional shortcut for 4- and 8-chord loops),
+  ``copying`` (OV copying score Σλ/Σ|λ|);
 - ``composition``: ``layer1``, ``head1``, ``layer2``, ``head2``, ``q_comp``, ``k_comp``, ``v_comp``,
   each as a z-score against random matrices of the same shapes (``*_z``), and that baseline's
   mean and sd (``*_random_mean``, ``*_random_sd``);
 - ``ablation``: ``condition`` (clean, ablate the previous-token head, ablate a random layer-0 head,
   K-only patch of the previous-token head's output into the induction head's keys), ``layer``,
-  ``head``, ``induction`` (of the induction head), ``second`` (second-copy loss), ``first``;
-- ``dynamics``: ``step`` (training step of the snapshot), ``induction_max``, ``first``, ``second``, ``gap``.
+  ``head`` (the head ablated), ``induction_layer``, ``induction_head``, ``induction`` (of the
+  induction head), ``second`` (second-copy loss), ``first``;
+- ``dynamics``: ``step`` (training step of the snapshot), ``epoch``, ``induction_max``, ``first``,
+  ``second``, ``gap``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 from .composition import composition_scores, head_scores, head_weights, random_composition_baseline
 from .induction import (
     copy_losses,
+    diagonal_scores,
     duplicate_token_scores,
     induction_scores,
     per_position_loss,
@@ -39,6 +44,10 @@ from .induction import (
 )
 
 log = logging.getLogger(__name__)
+
+# A head that attends a fixed distance back continues a loop of period p from i − p + 1 without any
+# induction: 3 and 7 for the corpus's 4- and 8-chord loops.
+LOOKBACKS = (3, 7)
 
 
 def chord_ids(vocab) -> list[int]:
@@ -81,7 +90,8 @@ def heads_table(model, vocab, songs: list[np.ndarray], length: int, n: int, seed
              "induction": repeated_induction_scores(a, L, prefix=1)}
     # Real progressions: each held-out song on its own (no padding inside the patterns).
     bos, eos = vocab.index("<s>"), vocab.index("</s>")
-    song_scores = {"previous_token_songs": [], "duplicate_token_songs": [], "induction_songs": []}
+    song_scores = {"previous_token_songs": [], "duplicate_token_songs": [], "induction_songs": [],
+                   **{f"lookback_{k}_songs": [] for k in LOOKBACKS}}
     for song in songs:
         ids = torch.tensor([[bos, *song[: model.config.n_ctx - 1].tolist()]])
         if ids.shape[1] < 3:
@@ -91,6 +101,9 @@ def heads_table(model, vocab, songs: list[np.ndarray], length: int, n: int, seed
                            ("duplicate_token_songs", duplicate_token_scores(p, ids)),
                            ("induction_songs", induction_scores(p, ids))):
             song_scores[key].append(score)
+        for k in LOOKBACKS:
+            if ids.shape[1] > k:
+                song_scores[f"lookback_{k}_songs"].append(diagonal_scores(p, offset=k))
     del eos
     for key, values in song_scores.items():
         table[key] = np.nanmean(np.stack(values), axis=0) if values else np.full_like(table["induction"], np.nan)
