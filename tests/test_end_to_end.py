@@ -144,3 +144,41 @@ def test_benchmarks_and_logs_written(run):
     logs = list((run / "results" / "logs").rglob("*.log"))
     assert len(benchmarks) >= 5 and len(logs) >= 8
     assert all(pd.read_csv(b, sep="\t").s.iloc[0] >= 0 for b in benchmarks)
+
+
+S4_SUBJECTS = ("chord_tiny_1l", "chord_tiny_2l", "chord_tiny_2l_seed1")
+
+
+def test_s4_outputs(run):
+    """Study S4 on the tiny transformers: every table, the unit and universality tables, the
+    snapshots behind the dynamics, and the notebook with its figures."""
+    from musinterp.analysis.s4 import TABLES
+
+    corpus = run / "resources" / "corpora" / "tiny_pop"
+    assert (corpus / "songs.json").exists()
+    with h5py.File(corpus / "tokens.h5", "r") as f:
+        assert {"period", "loop_position", "section_occurrence"} <= set(f["columns"])
+    for subject in S4_SUBJECTS:
+        s4 = run / "results" / "analyses" / subject / "s4"
+        heads = pd.read_csv(s4 / "heads.tsv", sep="\t")
+        layers = json.loads((s4 / "model.json").read_text())["config"]["n_layers"]
+        assert len(heads) == layers * 2 and heads["previous_token"].between(0, 1).all()
+        copies = pd.read_csv(s4 / "copies.tsv", sep="\t")
+        assert list(copies["length"]) == [6] and (copies[["first", "second"]] > 0).all().all()
+        loops = pd.read_csv(s4 / "loops.tsv", sep="\t")
+        assert set(loops["period"]) <= {4, 8} and loops["accuracy"].between(0, 1).all()
+        snapshots = sorted((run / "results" / "models" / subject / "snapshots").glob("step_*.pt"))
+        assert len(pd.read_csv(s4 / "dynamics.tsv", sep="\t")) == len(snapshots) >= 2
+        for name in TABLES:
+            assert (s4 / f"{name}.tsv").exists(), name
+    ablation = pd.read_csv(run / "results" / "analyses" / "chord_tiny_2l" / "s4" / "ablation.tsv", sep="\t")
+    assert set(ablation["condition"]) == {"clean", "ablate_previous_token_head", "ablate_random_head",
+                                          "k_only_patch_previous_token_head"}
+    units = run / "results" / "analyses" / "chord_tiny_2l" / "s4" / "units" / "blocks.0.hook_resid_post"
+    summary = pd.read_csv(units / "topk_summary.tsv", sep="\t")
+    assert set(summary["kind"]) == {"neuron", "latent"} and list(summary["units"]) == [32, 16]
+    pair = run / "results" / "analyses" / "s4_universality" / "chord_tiny_2l__chord_tiny_2l_seed1"
+    match = json.loads((pair / "blocks.0.hook_resid_post" / "topk.json").read_text())
+    assert 0 <= match["share_latents_matched"] <= 1 and match["n_live_latents_a"] <= 32
+    html = (run / "results" / "reports" / "s4_induction.html").read_text()
+    assert html.count("<img") >= 3 and "Findings" in html and "Universality" in html
