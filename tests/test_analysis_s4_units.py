@@ -102,7 +102,7 @@ def table(tmp_path):
 def test_exact_neurons_and_latents(table):
     table, _ = table
     assert list(table.columns) == s4_units.TABLE_COLUMNS
-    assert len(table) == (4 + 3) * 5
+    assert len(table) == (4 + 3) * 6  # 4 neurons + 3 latents, 6 attributes (token first)
     for kind in ("neuron", "latent"):
         exact = row(table, kind, 0, "root")
         assert (exact.value, exact.precision, exact.recall, exact.f1) == (2, 1.0, 1.0, 1.0)

@@ -197,7 +197,8 @@ if len(dy):
 
 # %% [markdown]
 # ## 10. Neurons against SAE latents: which chord attribute does a unit stand for?
-# For each unit and each attribute (root, quality, scale degree, position in the loop, section), the
+# For each unit and each attribute (the chord itself, root, quality, scale degree, position in the loop,
+# section), the
 # best value v of the rule "active ⇒ attribute = v" on held-out tokens, with its F1. A unit is
 # labelled when its best F1 exceeds 0.5 and the rule's precision is at least twice the value's base rate (fixed
 # conventions, not tuned: a unit active on most tokens would otherwise "predict" the commonest value);

@@ -72,7 +72,8 @@ from ..activations import SPLITS, ActivationFile
 from ..features import NEURON_ACTIVE_FRACTION_OF_MAX
 from ..sae.saelens import load_sae
 
-ATTRIBUTES = ("root", "quality", "degree", "loop_position", "section_label")
+# "token" is the chord itself (root and quality together): an SAE latent often stands for one chord
+ATTRIBUTES = ("token", "root", "quality", "degree", "loop_position", "section_label")
 F1_THRESHOLD = 0.5
 MATCH_THRESHOLD = 0.7
 HELDOUT = SPLITS.index("heldout")
