@@ -147,7 +147,9 @@ if len(lp):
 # %% [markdown]
 # ## 5. Song structure: a returning section's first chords
 # The first pass of a section's loop can only be predicted from an earlier occurrence of that
-# section (the chorus after a verse): accuracy by occurrence.
+# section (the chorus after a verse): accuracy by occurrence. For a corpus with sections but no loops
+# (RS200, real songs) every chord of a named section is scored instead: in-context learning on real
+# music, a section's later occurrences against its first.
 
 # %%
 sc = T["sections"]
@@ -261,8 +263,8 @@ if len(ab):
                              f"nats over {int(row['count'])} model(s).")
 if len(sc):
     for label, row in sc.pivot_table(index="model", columns="section_occurrence", values="accuracy").iterrows():
-        lines.append(f"- {label}: accuracy on a section's first pass, first occurrence "
-                     f"{row.get(0, np.nan):.2f}, first return {row.get(1, np.nan):.2f}.")
+        lines.append(f"- {label}: accuracy on a section's first pass (every chord where the corpus has no loops), "
+                     f"first occurrence {row.get(0, np.nan):.2f}, first return {row.get(1, np.nan):.2f}.")
 for _, row in poly.iterrows():
     lines.append(f"- {row['subject']} {row['site']}: {row['labelled']:.0%} of {int(row['units'])} {row['kind']}s are "
                  f"labelled (best F1 > {row['threshold']}), {row['concepts_per_unit']:.2f} concepts per unit.")
