@@ -51,3 +51,18 @@ def run_snakemake(workdir, *args, configfile=None, timeout=900):
     if configfile is not None:
         cmd += ["--configfile", str(configfile)]
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+def validator_filling_defaults():
+    """A jsonschema validator class that fills in defaults, the recipe Snakemake's validate() uses."""
+    from jsonschema import Draft202012Validator, validators
+
+    validate_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        for name, subschema in properties.items():
+            if "default" in subschema:
+                instance.setdefault(name, subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(Draft202012Validator, {"properties": set_defaults})

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from jsonschema import Draft202012Validator, ValidationError, validators
+from conftest import validator_filling_defaults
+from jsonschema import ValidationError
 
 from musinterp.cli import main as cli_main
 from musinterp.corpus import build_corpus, load_corpus, read_manifest, write_corpus
@@ -272,19 +273,6 @@ def test_unknown_section_letter_and_period_are_explained():
 
 # --- the corpus --------------------------------------------------------------------------------
 
-def _validator_filling_defaults():
-    """The jsonschema recipe Snakemake's validate() uses to fill in defaults."""
-    validate_properties = Draft202012Validator.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        for name, subschema in properties.items():
-            if "default" in subschema:
-                instance.setdefault(name, subschema["default"])
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return validators.extend(Draft202012Validator, {"properties": set_defaults})
-
-
 def test_schema_defaults_equal_the_config_defaults():
     props = POPGEN_SCHEMA["properties"]
     assert POPGEN_SCHEMA["additionalProperties"] is False
@@ -300,10 +288,10 @@ def test_schema_defaults_equal_the_config_defaults():
     assert "popgen" in item["properties"]["source"]["enum"]
     # what Snakemake's validation fills in is what the library uses
     entry = {"source": "popgen", "popgen": {"n_songs": 60}}
-    _validator_filling_defaults()(item).validate(entry)
+    validator_filling_defaults()(item).validate(entry)
     assert PopGenConfig.from_spec(entry["popgen"]) == PopGenConfig(n_songs=60)
     with pytest.raises(ValidationError):
-        _validator_filling_defaults()(item).validate({"source": "popgen", "popgen": {"period": [4]}})
+        validator_filling_defaults()(item).validate({"source": "popgen", "popgen": {"period": [4]}})
     assert set(props["tokens"]["enum"]) == {"chords", "chords-pcset"}
 
 

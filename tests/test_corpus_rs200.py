@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from jsonschema import Draft202012Validator, ValidationError, validators
+from conftest import validator_filling_defaults
+from jsonschema import ValidationError
 
 from musinterp.corpus import build_corpus, load_corpus, read_manifest
 from musinterp.corpus.formats.chords import QUALITIES
@@ -179,19 +180,6 @@ def test_config_is_checked():
         RS200Config.from_spec({"annotator": "tc"})
 
 
-def _validator_filling_defaults():
-    """The jsonschema recipe Snakemake's validate() uses to fill in defaults."""
-    validate_properties = Draft202012Validator.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        for name, subschema in properties.items():
-            if "default" in subschema:
-                instance.setdefault(name, subschema["default"])
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return validators.extend(Draft202012Validator, {"properties": set_defaults})
-
-
 def test_schema_defaults_equal_the_config_defaults():
     schema = CORPUS_ITEM["properties"]["rs200"]
     assert "rs200" in CORPUS_ITEM["properties"]["source"]["enum"] and schema["additionalProperties"] is False
@@ -204,10 +192,10 @@ def test_schema_defaults_equal_the_config_defaults():
             assert prop["default"] in prop["enum"]
     assert props["base_url"]["default"] == DEFAULT_BASE_URL and COMMIT in DEFAULT_BASE_URL
     entry = {"source": "rs200", "rs200": {"annotator": "both"}}
-    _validator_filling_defaults()(CORPUS_ITEM).validate(entry)
+    validator_filling_defaults()(CORPUS_ITEM).validate(entry)
     assert RS200Config.from_spec(entry["rs200"]) == RS200Config(annotator="both")
     with pytest.raises(ValidationError):
-        _validator_filling_defaults()(CORPUS_ITEM).validate({"source": "rs200", "rs200": {"annotator": "x"}})
+        validator_filling_defaults()(CORPUS_ITEM).validate({"source": "rs200", "rs200": {"annotator": "x"}})
 
 
 def test_file_table():

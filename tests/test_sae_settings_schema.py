@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from jsonschema import Draft202012Validator, validators
+from conftest import validator_filling_defaults
+from jsonschema import Draft202012Validator
 
 from musinterp.sae import ARCHITECTURES, TrainSettings, split_settings
 from musinterp.sae.base import DIMENSION_FIELDS
@@ -63,24 +64,11 @@ def test_architecture_settings_have_no_schema_default():
             assert "default" not in PROPERTIES[name], f"{name} ({arch}): its default lives in the dataclass"
 
 
-def _validator_filling_defaults():
-    """The jsonschema recipe Snakemake's validate() uses to fill in defaults."""
-    validate_properties = Draft202012Validator.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        for name, subschema in properties.items():
-            if "default" in subschema:
-                instance.setdefault(name, subschema["default"])
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return validators.extend(Draft202012Validator, {"properties": set_defaults})
-
-
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_a_validated_item_gives_the_library_defaults(arch):
     Draft202012Validator.check_schema(SCHEMA)
     item = {"name": "x", "arch": arch, "sites": ["lstm0_h"], **({"k": 4} if "k" in ARCH_FIELDS[arch] else {})}
-    _validator_filling_defaults()(SAE_ITEM).validate(item)
+    validator_filling_defaults()(SAE_ITEM).validate(item)
     # what workflow/scripts/train_sae.py passes to train_sae (with the run's seed)
     settings = {key: value for key, value in item.items() if key not in ("name", "sites")}
     generic, own = split_settings({"seed": 0, **settings})

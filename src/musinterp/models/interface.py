@@ -75,6 +75,22 @@ def next_token_batch(pieces: Sequence[np.ndarray], bos: int, eos: int, max_len: 
     return Batch(inputs, targets, lengths, source)
 
 
+def next_token_loss(logits: torch.Tensor, batch: Batch, reduction: str = "mean") -> torch.Tensor:
+    """Cross entropy of ``logits [B, T, V]`` against ``batch.targets`` over the valid positions:
+    ``"mean"`` per target (Σ losses·mask / Σ mask) or ``"sum"``."""
+    import torch.nn.functional as F
+
+    mask = batch.mask
+    if reduction == "sum":
+        targets = batch.targets.masked_fill(~mask, -100)
+        return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="sum")
+    if reduction != "mean":
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    losses = F.cross_entropy(logits.transpose(1, 2), batch.targets, reduction="none")
+    m = mask.float()
+    return (losses * m).sum() / m.sum().clamp(min=1)
+
+
 class HookPoint(NamedTuple):
     """Where a replaceable site lives: ``module``'s forward output holds it; ``get(output)`` reads
     the site, ``put(output, new)`` returns the output with the site replaced."""

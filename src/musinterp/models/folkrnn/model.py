@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...registry import Site
-from ..interface import Batch, HookPoint, next_token_batch
+from ..interface import Batch, HookPoint, next_token_batch, next_token_loss
 from .spec import FolkRNNConfig, folkrnn_sites
 
 __all__ = ["FolkRNN", "FolkRNNConfig"]
@@ -74,14 +74,7 @@ class FolkRNN(nn.Module):
 
     def loss(self, batch: Batch, reduction: str = "mean") -> torch.Tensor:
         """Next-token cross entropy over the valid targets: mean per target, or their sum."""
-        logits = self(batch.inputs)
-        mask = batch.mask
-        if reduction == "sum":
-            targets = batch.targets.masked_fill(~mask, -100)
-            return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="sum")
-        losses = F.cross_entropy(logits.transpose(1, 2), batch.targets, reduction="none")
-        m = mask.float()
-        return (losses * m).sum() / m.sum().clamp(min=1)
+        return next_token_loss(self(batch.inputs), batch, reduction)
 
     def record(self, batch: Batch, sites: Sequence[str]) -> dict[str, torch.Tensor]:
         return self.run_batch_with_states(batch.inputs, list(sites))
