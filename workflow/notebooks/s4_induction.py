@@ -141,6 +141,12 @@ if len(lp):
     acc = agg.reset_index().pivot_table(index=["attn_only", "n_layers"], columns=["period", "ambiguous"],
                                         values="accuracy", aggfunc="mean")
     display(acc.round(3))
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    by_model = agg.reset_index().groupby(["model", "period"])[["n", "n_correct"]].sum()
+    (by_model["n_correct"] / by_model["n"]).unstack().plot.bar(ax=ax)
+    ax.set(ylabel="accuracy on repeated loop passes", ylim=(0, 1), xlabel="")
+    plt.tight_layout()
+    plt.show()
     first = lp[lp["loop_repeat"] == 0].groupby(["model", "period"])[["n", "n_correct"]].sum()
     display((first["n_correct"] / first["n"]).rename("accuracy on the first pass").unstack().round(3))
 
@@ -154,7 +160,12 @@ if len(lp):
 # %%
 sc = T["sections"]
 if len(sc):
-    display(sc.pivot_table(index="model", columns="section_occurrence", values="accuracy").round(3))
+    returns = sc.pivot_table(index="model", columns="section_occurrence", values="accuracy")
+    display(returns.round(3))
+    ax = returns.plot.bar(figsize=(9, 3.5), ylim=(0, 1), ylabel="accuracy", xlabel="")
+    ax.legend(title="section occurrence", fontsize=7)
+    plt.tight_layout()
+    plt.show()
 
 # %% [markdown]
 # ## 6. Transposition invariance
