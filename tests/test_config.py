@@ -25,3 +25,18 @@ def test_colliding_names_are_refused():
     specs = [{"name": "a-width8", "sites": ["x"], "width": 8}, {"name": "a", "sites": ["x"], "width": [8]}]
     with pytest.raises(ValueError, match="repeat"):
         expand_sae_specs(specs)
+
+
+def test_check_keys_names_section_and_keys():
+    import dataclasses
+
+    from musinterp.config import check_keys
+
+    @dataclasses.dataclass
+    class Settings:
+        a: int = 1
+        b: int = 2
+
+    check_keys(Settings, {"a": 3}, "corpus 'x'", "popgen")  # known keys pass
+    with pytest.raises(ValueError, match=r"corpus 'x': popgen\.c, popgen\.d are not settings \(known: a, b\)"):
+        check_keys(Settings, {"a": 1, "d": 0, "c": 0}, "corpus 'x'", "popgen")

@@ -174,7 +174,7 @@ def test_songs_that_cannot_be_read_are_skipped_with_the_reason():
 
 def test_config_is_checked():
     assert RS200Config.from_spec(None) == RS200Config()
-    with pytest.raises(ValueError, match=r"unknown rs200 keys \['anotator'\]"):
+    with pytest.raises(ValueError, match=r"rs200\.anotator is not a setting \(known: annotator"):
         RS200Config.from_spec({"anotator": "dt"})
     with pytest.raises(ValueError, match="rs200.annotator must be one of dt, tdc, both"):
         RS200Config.from_spec({"annotator": "tc"})

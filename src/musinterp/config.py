@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 # Fields of an SAE spec that may be lists: one SAE is trained per combination.
 SWEEP_FIELDS = ("width", "k", "l1_coeff", "l0_coeff", "seed")
+
+
+def check_keys(cls, mapping: dict, where: str, section: str) -> None:
+    """Every key of a config ``section`` must be a field of the dataclass ``cls`` that reads it;
+    otherwise a ValueError names ``where``, the section and the unknown keys."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        names = ", ".join(f"{section}.{key}" for key in unknown)
+        verb = "is not a setting" if len(unknown) == 1 else "are not settings"
+        raise ValueError(f"{where}: {names} {verb} (known: {', '.join(sorted(known))})")
 
 
 def family_sites(family: str, model_params: dict) -> list[str]:

@@ -68,12 +68,11 @@ class Family:
 
     def make_config(self, params: dict | None = None, vocab_size: int | None = None):
         """The config dataclass from config-file ``params``; unknown keys are a clear error."""
+        from .config import check_keys
+
         params = dict(params or {})
-        known = {f.name for f in fields(self.config)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"family {self.name!r}: unknown model settings {unknown}; known: {sorted(known)}")
-        if "vocab_size" in known:
+        check_keys(self.config, params, f"family {self.name!r}", "model")
+        if "vocab_size" in {f.name for f in fields(self.config)}:
             params["vocab_size"] = vocab_size
         return self.config(**params)
 

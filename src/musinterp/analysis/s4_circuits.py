@@ -89,7 +89,7 @@ def heads_table(model, vocab, songs: list[np.ndarray], length: int, n: int, seed
     table = {"previous_token": previous_token_scores(a), "duplicate_token": duplicate_token_scores(a, tokens),
              "induction": repeated_induction_scores(a, L, prefix=1)}
     # Real progressions: each held-out song on its own (no padding inside the patterns).
-    bos, eos = vocab.index("<s>"), vocab.index("</s>")
+    bos = vocab.index("<s>")
     song_scores = {"previous_token_songs": [], "duplicate_token_songs": [], "induction_songs": [],
                    **{f"lookback_{k}_songs": [] for k in LOOKBACKS}}
     for song in songs:
@@ -104,7 +104,6 @@ def heads_table(model, vocab, songs: list[np.ndarray], length: int, n: int, seed
         for k in LOOKBACKS:
             if ids.shape[1] > k:
                 song_scores[f"lookback_{k}_songs"].append(diagonal_scores(p, offset=k))
-    del eos
     for key, values in song_scores.items():
         table[key] = np.nanmean(np.stack(values), axis=0) if values else np.full_like(table["induction"], np.nan)
     copying = head_scores(model).set_index(["layer", "head"])["copying"]

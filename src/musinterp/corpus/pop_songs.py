@@ -39,11 +39,12 @@ token is ``LOOPS[loop_id].chords[loop_position]`` transposed by ``key``.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
 import numpy as np
 
+from musinterp.config import check_keys
 from musinterp.corpus.formats.chords import ROOT_NAMES, chord_token, pcset_token
 
 SECTION_LABELS = ("intro", "verse", "pre-chorus", "chorus", "bridge", "outro")
@@ -155,10 +156,7 @@ class PopGenConfig:
         """From the ``popgen:`` mapping of a corpus entry; an unknown or impossible setting is a
         ValueError naming ``popgen.<key>``."""
         spec = dict(spec or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(spec) - known)
-        if unknown:
-            raise ValueError(f"{where}: popgen.{unknown[0]} is not a setting (known: {', '.join(sorted(known))})")
+        check_keys(cls, spec, where, "popgen")
         config = cls(**spec)
         config.check(where)
         return config

@@ -47,9 +47,10 @@ import logging
 import re
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from musinterp.config import check_keys
 from musinterp.corpus.formats.chords import ROOT_NAMES, chord_token, pcset_token
 from musinterp.corpus.rs200_blobs import BLOBS, COMMIT, FOLDERS, REPOSITORY
 from musinterp.corpus.rs200_har import Song, parse_har
@@ -120,10 +121,7 @@ class RS200Config:
     @classmethod
     def from_spec(cls, spec: dict | None, where: str = "rs200") -> RS200Config:
         spec = dict(spec or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(spec) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown rs200 keys {unknown} (known: {', '.join(sorted(known))})")
+        check_keys(cls, spec, where, "rs200")
         config = cls(**spec)
         if not isinstance(config.restart_sections, bool):
             raise ValueError(f"{where}: rs200.restart_sections must be true or false, got {config.restart_sections!r}")
